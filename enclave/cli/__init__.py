@@ -1,0 +1,59 @@
+"""The ``enclave`` command line.
+
+Each sub-command lives in its own module with a ``register(subparsers)``
+function that adds its parser and sets ``func`` to the handler. A handler
+takes the parsed arguments and returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from enclave.errors import EnclaveError
+
+__all__ = ["main"]
+
+COMMAND_MODULES = [
+    "enclave.cli.init",
+    "enclave.cli.ingest",
+    "enclave.cli.derive",
+    "enclave.cli.deid",
+    "enclave.cli.dataset",
+    "enclave.cli.project",
+    "enclave.cli.audit",
+    "enclave.cli.levels",
+    "enclave.cli.broker",
+    "enclave.cli.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="enclave",
+        description="Secure research enclave for hospital video.",
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)"
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except EnclaveError as exc:
+        print(f"enclave {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The ``enclave dataset`` command (placeholder until its module lands)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("dataset", help="not available yet")
+    parser.set_defaults(func=lambda args: parser.error("'dataset' is not available yet"))
