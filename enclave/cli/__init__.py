@@ -29,6 +29,10 @@ COMMAND_MODULES = [
     "enclave.cli.demo",
 ]
 
+# Commands that write to the vault or the catalog. Run by root, they leave
+# files owned by root, which the broker could not read; they are handed over.
+OWNERSHIP_COMMANDS = {"ingest", "derive", "project", "levels", "ethics"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -53,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     except EnclaveError as exc:
         print(f"enclave {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if args.command in OWNERSHIP_COMMANDS:
+            _give_files_to_broker()
+
+
+def _give_files_to_broker() -> None:
+    from enclave.config import load_settings
+    from enclave.system import fix_ownership
+
+    fix_ownership(load_settings())
 
 
 if __name__ == "__main__":
