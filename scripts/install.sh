@@ -7,7 +7,14 @@ cd "$(dirname "$0")/.."
 want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
-python=${PYTHON:-python3}
+# Researchers' servers and the broker run as other OS users, so the venv's
+# interpreter and standard library must be readable by every user: Debian's
+# /usr/bin/python3 is, an interpreter under /root (pyenv) is not.
+python=${PYTHON:-/usr/bin/python3}
+if ! su -s /bin/sh nobody -c "$python -c pass" 2>/dev/null; then
+    echo "install: $python cannot be run by other OS users; set PYTHON to a system-wide Python 3.11+" >&2
+    exit 1
+fi
 if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
