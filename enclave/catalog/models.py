@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -42,6 +43,7 @@ __all__ = [
     "LevelRule",
     "MediaType",
     "Project",
+    "ProjectApproval",
     "ProjectMember",
     "ProjectStatus",
     "new_id",
@@ -68,11 +70,20 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     impl = DateTime
     cache_ok = True
 
+    def load_dialect_impl(self, dialect):  # type: ignore[no-untyped-def]
+        # MariaDB's DATETIME keeps whole seconds unless asked for microseconds;
+        # the audit chain hashes the microseconds, so they must survive.
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
     def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}; pass a timezone-aware UTC time")
+            raise ValueError(
+                f"naive datetime {value!r}; pass a timezone-aware UTC time"
+            )
         return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
     def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
@@ -187,9 +198,13 @@ class Asset(Base):
 
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
+    classified_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    """When the category and level were last set or confirmed; reviewed yearly."""
     destroyed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    data_key: Mapped[DataKey | None] = relationship(back_populates="asset", uselist=False)
+    data_key: Mapped[DataKey | None] = relationship(
+        back_populates="asset", uselist=False
+    )
 
 
 class DataKey(Base):
@@ -270,6 +285,7 @@ class Project(Base):
 
     members: Mapped[list[ProjectMember]] = relationship(back_populates="project")
     grants: Mapped[list[Grant]] = relationship(back_populates="project")
+    approvals: Mapped[list[ProjectApproval]] = relationship(back_populates="project")
 
     __mapper_args__ = {"version_id_col": version}
 
@@ -286,6 +302,21 @@ class ProjectMember(Base):
     removed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     project: Mapped[Project] = relationship(back_populates="members")
+
+
+class ProjectApproval(Base):
+    """One reviewer's approval; the level rules set how many a project needs."""
+
+    __tablename__ = "project_approvals"
+    __table_args__ = (UniqueConstraint("project_id", "approver"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(32), ForeignKey("projects.id"))
+    approver: Mapped[str] = mapped_column(String(128))
+    approved_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    project: Mapped[Project] = relationship(back_populates="approvals")
 
 
 class Grant(Base):

@@ -1,0 +1,48 @@
+"""Alembic environment of the catalog.
+
+``Catalog.upgrade()`` passes an open connection in
+``config.attributes["connection"]``; the ``alembic`` command line instead
+reads the URL from ``sqlalchemy.url`` or the ``ENCLAVE_DB_URL`` variable.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+
+from enclave.catalog.db import make_engine
+from enclave.catalog.models import Base
+from enclave.config import load_settings
+
+target_metadata = Base.metadata
+
+
+def _configure(connection) -> None:  # type: ignore[no-untyped-def]
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        # SQLite alters a table by copying it; later revisions need this.
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        _configure(connection)
+        return
+
+    url = context.config.get_main_option("sqlalchemy.url") or load_settings().db_url
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            _configure(connection)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported; run them online")
+run_migrations_online()

@@ -1,0 +1,42 @@
+"""The Alembic migrations create exactly the tables of the models."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from enclave.catalog.db import Catalog
+from enclave.catalog.models import Base
+
+
+def test_migrations_match_models(db_url: str) -> None:
+    catalog = Catalog(db_url)
+    catalog.upgrade()
+
+    with catalog.engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "target_metadata": Base.metadata}
+        )
+        diff = compare_metadata(context, Base.metadata)
+    catalog.dispose()
+
+    assert diff == []
+
+
+def test_upgrade_creates_every_table(db_url: str) -> None:
+    catalog = Catalog(db_url)
+    catalog.upgrade()
+
+    tables = set(inspect(catalog.engine).get_table_names())
+    catalog.dispose()
+
+    assert set(Base.metadata.tables) <= tables
+    assert "alembic_version" in tables
+
+
+def test_upgrade_twice_is_harmless(db_url: str) -> None:
+    catalog = Catalog(db_url)
+    catalog.upgrade()
+    catalog.upgrade()
+    catalog.dispose()
