@@ -1,0 +1,55 @@
+"""Limits and settings of the data broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DECODER_CACHE_BYTES",
+    "DECODER_CACHE_ENTRIES",
+    "DECODE_THREADS",
+    "MAX_BYTES_PER_REQUEST",
+    "MAX_FRAMES_PER_REQUEST",
+    "BrokerConfig",
+]
+
+# One request decodes at most this many frames, so that a single reader
+# cannot hold a decode thread for long while others wait.
+MAX_FRAMES_PER_REQUEST = 256
+
+# The decoded frames of one request are held twice in the broker (the array
+# and the response buffer), so this bounds the memory one request can pin:
+# 256 MiB is 43 frames of 1920x1080 RGB or 3,400 frames of 176x144.
+MAX_BYTES_PER_REQUEST = 256 * 1024 * 1024
+
+# Decrypted assets kept in memory with their open decoder. Opening an asset
+# decrypts it and indexes its key frames, so a researcher reading one clip
+# chunk by chunk must hit the cache; a few entries cover a notebook's work.
+DECODER_CACHE_ENTRIES = 8
+
+# Plaintext bytes the decoder cache may hold in total. The entry in use is
+# kept even when it alone is larger.
+DECODER_CACHE_BYTES = 1024 * 1024 * 1024
+
+# Threads that decrypt, decode and query the catalog, so that the IOLoop
+# keeps accepting requests while frames decode.
+DECODE_THREADS = 4
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Settings of one broker process."""
+
+    socket_path: Path
+    """Unix socket the broker listens on; callers are identified by SO_PEERCRED."""
+    max_frames_per_request: int = MAX_FRAMES_PER_REQUEST
+    """Frames one ``/frames`` request may ask for."""
+    max_bytes_per_request: int = MAX_BYTES_PER_REQUEST
+    """Bytes of decoded frames one ``/frames`` request may ask for."""
+    decoder_cache_entries: int = DECODER_CACHE_ENTRIES
+    """Decrypted assets kept open in memory."""
+    decoder_cache_bytes: int = DECODER_CACHE_BYTES
+    """Plaintext bytes the decoder cache may hold."""
+    decode_threads: int = DECODE_THREADS
+    """Worker threads for decryption, decoding and catalog queries."""

@@ -1,0 +1,332 @@
+"""What the broker does for a request: authorise, decrypt, decode, audit.
+
+Every method here runs in a worker thread and opens its own catalog session.
+The handlers in :mod:`enclave.broker.handlers` only translate HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import closing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from enclave.broker.config import BrokerConfig
+from enclave.broker.decode import DecodedAsset, DecoderCache
+from enclave.catalog.models import Dataset, DatasetItem
+from enclave.errors import AuditUnavailable, NotFound, PermissionDenied, ValidationError
+from enclave.projects import authorize_read
+from enclave.vault import open_asset
+
+if TYPE_CHECKING:
+    from enclave.audit import AuditLog
+    from enclave.catalog.db import Catalog
+    from enclave.vault import Vault
+
+__all__ = ["AUDIT_SOURCE", "DataManager", "ItemInfo", "Requester"]
+
+log = logging.getLogger(__name__)
+
+AUDIT_SOURCE = "broker"
+OUTCOME_SUCCESS = "success"
+OUTCOME_DENIED = "denied"
+
+
+@dataclass(frozen=True)
+class Requester:
+    """The hub user behind a request and the process that sent it."""
+
+    user: str
+    uid: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """Shape and timing of one item, as the broker's decoder sees it."""
+
+    frame_count: int
+    height: int
+    width: int
+    fps: float
+    timestamps: tuple[float, ...]
+
+
+class DataManager:
+    """Serves the frames of granted datasets and records every access.
+
+    Parameters
+    ----------
+    catalog : enclave.catalog.db.Catalog
+        Catalog of datasets, projects and keys.
+    vault : enclave.vault.Vault
+        Encrypted store of the assets.
+    audit : enclave.audit.AuditLog
+        Audit trail; a read whose record cannot be written is not served.
+    config : BrokerConfig
+        Request limits and cache sizes.
+    """
+
+    def __init__(
+        self, catalog: Catalog, vault: Vault, audit: AuditLog, config: BrokerConfig
+    ) -> None:
+        self.catalog = catalog
+        self.vault = vault
+        self.audit = audit
+        self.config = config
+        self.cache = DecoderCache(
+            config.decoder_cache_entries, config.decoder_cache_bytes
+        )
+        self._item_info: dict[str, ItemInfo] = {}
+        # One append at a time from this process: the chain head is a single
+        # row, and SQLite would answer parallel writers with "database is locked".
+        self._audit_lock = threading.Lock()
+
+    def list_datasets(self, requester: Requester) -> list[dict[str, Any]]:
+        """Return the datasets ``requester`` may read today, with their project."""
+        readable = []
+        with self.catalog.session() as session:
+            names = session.scalars(select(Dataset.name).order_by(Dataset.name)).all()
+            for name in names:
+                try:
+                    project, dataset = authorize_read(session, requester.user, name)
+                except PermissionDenied:
+                    continue
+                readable.append(_dataset_summary(dataset, project.name))
+
+        self._record(
+            requester, "data.list", OUTCOME_SUCCESS, detail={"datasets": len(readable)}
+        )
+        return readable
+
+    def describe(self, requester: Requester, dataset_name: str) -> dict[str, Any]:
+        """Return a dataset's items with their shape and frame times.
+
+        Raises
+        ------
+        PermissionDenied, NotFound
+            After recording the refusal in the audit trail.
+        """
+        with self.catalog.session() as session:
+            project, dataset = self._authorize(
+                session, requester, "data.list", dataset_name
+            )
+            items = []
+            for item in dataset.items:
+                if not _is_readable(item):
+                    continue
+                info = self._info(item)
+                items.append(_item_summary(item, info))
+            summary = _dataset_summary(dataset, project.name)
+            project_name = project.name
+
+        summary["items"] = items
+        summary["limits"] = {
+            "max_frames_per_request": self.config.max_frames_per_request,
+            "max_bytes_per_request": self.config.max_bytes_per_request,
+        }
+        self._record(
+            requester,
+            "data.list",
+            OUTCOME_SUCCESS,
+            project=project_name,
+            dataset=dataset_name,
+            detail={"items": len(items)},
+        )
+        return summary
+
+    def read_frames(
+        self, requester: Requester, dataset_name: str, path: str, start: int, stop: int
+    ) -> np.ndarray:
+        """Decode frames ``[start, stop)`` of one item after recording the read.
+
+        The ``data.read`` audit record is written before the frames are
+        returned; if it cannot be written, :class:`AuditUnavailable` is
+        raised and nothing is returned.
+
+        Raises
+        ------
+        ValidationError
+            If the range is empty, reversed, past the item's end or over a limit.
+        PermissionDenied, NotFound
+            After recording the refusal in the audit trail.
+        AuditUnavailable
+            If the read cannot be recorded.
+        """
+        self._check_range_size(start, stop)
+
+        with self.catalog.session() as session:
+            project, dataset = self._authorize(
+                session, requester, "data.read", dataset_name
+            )
+            item = _find_item(session, dataset, path)
+            entry = self._open(item)
+            project_name = project.name
+            asset_id = item.asset_id
+
+        source = entry.source
+        self._check_range_bounds(
+            source.frame_count, source.height, source.width, start, stop
+        )
+        with entry.lock:
+            frames = source.read(start, stop)
+
+        self._record(
+            requester,
+            "data.read",
+            OUTCOME_SUCCESS,
+            project=project_name,
+            dataset=dataset_name,
+            target=asset_id,
+            detail={"path": path, "frames": [start, stop]},
+        )
+        return frames
+
+    def _authorize(self, session, requester: Requester, action: str, dataset_name: str):  # type: ignore[no-untyped-def]
+        try:
+            return authorize_read(session, requester.user, dataset_name)
+        except PermissionDenied as exc:
+            self._record(
+                requester,
+                action,
+                OUTCOME_DENIED,
+                dataset=dataset_name,
+                detail={"reason": str(exc)},
+            )
+            raise
+        except NotFound as exc:
+            # Probing for dataset names is recorded like any other refusal.
+            self._record(
+                requester,
+                action,
+                OUTCOME_DENIED,
+                dataset=dataset_name,
+                detail={"reason": str(exc)},
+            )
+            raise
+
+    def _open(self, item: DatasetItem) -> DecodedAsset:
+        asset = item.asset
+
+        def load() -> tuple[str, bytes, float]:
+            with closing(open_asset(self.vault, asset)) as reader:
+                plaintext = reader.read()
+            return asset.media_type.value, plaintext, float(asset.fps or 0.0)
+
+        return self.cache.get_or_open(asset.id, load)
+
+    def _info(self, item: DatasetItem) -> ItemInfo:
+        info = self._item_info.get(item.asset_id)
+        if info is None:
+            source = self._open(item).source
+            info = ItemInfo(
+                frame_count=source.frame_count,
+                height=source.height,
+                width=source.width,
+                fps=source.fps,
+                timestamps=tuple(float(t) for t in source.timestamps),
+            )
+            self._item_info[item.asset_id] = info
+        return info
+
+    def _check_range_size(self, start: int, stop: int) -> None:
+        if start < 0:
+            raise ValidationError(f"start={start} is negative; the first frame is 0")
+        if stop <= start:
+            raise ValidationError(
+                f"empty frame range [{start}, {stop}); stop must be greater than start"
+            )
+        limit = self.config.max_frames_per_request
+        if stop - start > limit:
+            raise ValidationError(
+                f"{stop - start} frames requested; one request may read at most "
+                f"{limit}, so split the range"
+            )
+
+    def _check_range_bounds(
+        self, frame_count: int, height: int, width: int, start: int, stop: int
+    ) -> None:
+        if stop > frame_count:
+            raise ValidationError(
+                f"stop={stop} is past the end of the item, "
+                f"which has {frame_count} frames"
+            )
+        size = (stop - start) * height * width * 3
+        limit = self.config.max_bytes_per_request
+        if size > limit:
+            per_request = max(1, limit // (height * width * 3))
+            raise ValidationError(
+                f"{stop - start} frames of {width}x{height} are {size} bytes; one "
+                f"request may read at most {limit} bytes ({per_request} such frames)"
+            )
+
+    def _record(
+        self, requester: Requester, action: str, outcome: str, **fields: Any
+    ) -> None:
+        detail = dict(fields.pop("detail", None) or {})
+        detail.update(uid=requester.uid, pid=requester.pid)
+        self.append_audit(
+            actor=requester.user,
+            action=action,
+            outcome=outcome,
+            detail=detail,
+            **fields,
+        )
+
+    def append_audit(self, **fields: Any) -> None:
+        """Append one broker event to the audit trail, or raise AuditUnavailable."""
+        try:
+            with self._audit_lock:
+                self.audit.append(source=AUDIT_SOURCE, **fields)
+        except AuditUnavailable:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            # Fail closed: whatever stops the record stops the response.
+            log.error("audit append of %s failed: %s", fields.get("action"), exc)
+            raise AuditUnavailable("the audit trail cannot be written") from exc
+
+
+def _is_readable(item: DatasetItem) -> bool:
+    # A destroyed asset keeps its catalog row but has lost its data key.
+    return item.asset.destroyed_at is None and item.asset.data_key is not None
+
+
+def _find_item(session, dataset: Dataset, path: str) -> DatasetItem:  # type: ignore[no-untyped-def]
+    item = session.scalars(
+        select(DatasetItem).where(
+            DatasetItem.dataset_id == dataset.id, DatasetItem.path == path
+        )
+    ).one_or_none()
+    if item is None or not _is_readable(item):
+        raise NotFound(f"dataset {dataset.name!r} has no item {path!r}")
+    return item
+
+
+def _dataset_summary(dataset: Dataset, project: str) -> dict[str, Any]:
+    return {
+        "name": dataset.name,
+        "description": dataset.description,
+        "category": dataset.category.value,
+        "level": dataset.level,
+        "profile": dataset.profile,
+        "project": project,
+    }
+
+
+def _item_summary(item: DatasetItem, info: ItemInfo) -> dict[str, Any]:
+    return {
+        "path": item.path,
+        "asset_id": item.asset_id,
+        "media_type": item.asset.media_type.value,
+        "frame_count": info.frame_count,
+        "height": info.height,
+        "width": info.width,
+        "channels": 3,
+        "fps": info.fps,
+        "timestamps": list(info.timestamps),
+    }
