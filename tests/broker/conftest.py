@@ -1,0 +1,10 @@
+"""Fixtures of the broker tests; see :mod:`tests.broker.harness`."""
+
+from tests.broker.harness import (  # noqa: F401
+    broker,
+    enclave_template,
+    member,
+    outsider,
+    private_broker,
+    socket_dir,
+)
