@@ -1,4 +1,4 @@
-"""Fixtures of the data API tests, shared with the broker tests; see :mod:`tests.broker.harness`."""
+"""Fixtures of the data API tests: those of :mod:`tests.broker.harness`."""
 
 from tests.broker.harness import (  # noqa: F401
     broker,
