@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.catalog",
     "tests.fixtures.vault",
     "tests.fixtures.media",
+    "tests.fixtures.hub",
 ]

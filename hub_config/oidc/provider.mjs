@@ -173,8 +173,10 @@ function buildProvider(config, accounts) {
         },
       };
     },
+    // amr and acr belong to the openid scope, so every ID token tells the
+    // hub how the user signed in without the client asking for them.
     claims: {
-      openid: ['sub'],
+      openid: ['sub', 'acr', 'amr', 'auth_time'],
       profile: ['name', 'preferred_username'],
       email: ['email', 'email_verified'],
       groups: ['groups'],
