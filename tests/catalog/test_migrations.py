@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Column, Integer, MetaData, Table, inspect
 
 from enclave.catalog.db import Catalog
 from enclave.catalog.models import Base
@@ -40,3 +40,19 @@ def test_upgrade_twice_is_harmless(db_url: str) -> None:
     catalog.upgrade()
     catalog.upgrade()
     catalog.dispose()
+
+
+def test_comparison_sees_a_difference(db_url: str) -> None:
+    catalog = Catalog(db_url)
+    catalog.upgrade()
+    changed = MetaData()
+    for table in Base.metadata.tables.values():
+        table.to_metadata(changed)
+    Table("extra", changed, Column("id", Integer, primary_key=True))
+
+    with catalog.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        diff = compare_metadata(context, changed)
+    catalog.dispose()
+
+    assert [entry[0] for entry in diff] == ["add_table"]
