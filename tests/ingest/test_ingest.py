@@ -350,3 +350,26 @@ def test_store_asset_unknown_source(
         )
 
     assert blob_files(vault) == []
+
+
+def test_ingest_on_each_database(
+    any_catalog: Catalog, any_audit_log: AuditLog, vault: Vault, carphone_path: Path
+) -> None:
+    asset = ingest_file(
+        any_catalog,
+        vault,
+        any_audit_log,
+        carphone_path,
+        category="nursing",
+        level=2,
+        actor="steward",
+    )
+
+    with any_catalog.session() as session:
+        stored = session.get(Asset, asset.id)
+        assert stored is not None
+        assert stored.data_key.wrapped_key == asset.data_key.wrapped_key
+        assert stored.probe["frame_count"] == 120
+        with open_asset(vault, stored) as reader:
+            assert reader.read() == carphone_path.read_bytes()
+    assert any_audit_log.verify().ok
