@@ -19,7 +19,7 @@ Optional
     ``ENCLAVE_HUB_HOME_ROOT`` folder of the researchers' home folders
     (``/home/enclave``), ``ENCLAVE_MFA_GROUPS`` groups that must sign in with
     a second factor (``security-admins``), ``ENCLAVE_AUDIT_USER`` OS user of
-    the audit collector (``enclave-audit``), and the ``ENCLAVE_*`` settings
+    the audit collector (the broker's OS user), and the ``ENCLAVE_*`` settings
     of ``enclave.config.load_settings``.
 """
 
@@ -188,10 +188,12 @@ known_services = {
         "user": settings.broker_user,
         "environment": service_env,
     },
+    # The collector appends to the same catalog and reads the audit key, both
+    # owned by the broker's OS user, so by default it runs as that user too.
     "audit": {
         "name": "audit",
-        "command": [enclave_bin, "audit", "serve"],
-        "user": os.environ.get("ENCLAVE_AUDIT_USER", "enclave-audit"),
+        "command": [sys.executable, "-m", "enclave.audit.service"],
+        "user": os.environ.get("ENCLAVE_AUDIT_USER", settings.broker_user),
         "environment": service_env,
     },
 }

@@ -43,7 +43,6 @@ PROVIDER_SCRIPT = HUB_CONFIG_DIR / "oidc" / "provider.mjs"
 NODE_MODULES = HUB_CONFIG_DIR / "node_modules"
 CLIENT_ID = "enclave-hub"
 SERVICES = ("broker", "audit")
-AUDIT_USER = "enclave-audit"
 
 
 @dataclass
@@ -249,6 +248,7 @@ def start_enclave(
     accounts: Sequence[Account] | None = None,
     password: str | None = None,
     home_root: Path = Path("/home/enclave"),
+    audit_user: str | None = None,
     timeout: float = 120.0,
 ) -> Running:
     """Start the identity provider and JupyterHub and wait until both answer.
@@ -273,6 +273,9 @@ def start_enclave(
         ``password`` (or ``ENCLAVE_DEMO_PASSWORD``, or a random password).
     home_root
         Folder of the researchers' home folders.
+    audit_user
+        OS user of the audit collector; by default the broker's OS user, who
+        owns the catalog and the audit key.
     timeout
         Seconds to wait for each program to answer.
 
@@ -298,6 +301,7 @@ def start_enclave(
     else:
         service_names = list(services)
 
+    audit_user = audit_user or settings.broker_user
     state_dir = Path(state_dir)
     idp_dir = state_dir / "idp"
     hub_dir = state_dir / "hub"
@@ -369,7 +373,7 @@ def start_enclave(
 
         for name in service_names:
             ensure_service_user(
-                settings.broker_user if name == "broker" else AUDIT_USER
+                settings.broker_user if name == "broker" else audit_user
             )
         hub_env = {
             **os.environ,
@@ -384,7 +388,7 @@ def start_enclave(
             "ENCLAVE_PROXY_API_PORT": str(proxy_api_port),
             "ENCLAVE_HUB_SERVICES": ",".join(service_names),
             "ENCLAVE_HUB_HOME_ROOT": str(home_root),
-            "ENCLAVE_AUDIT_USER": AUDIT_USER,
+            "ENCLAVE_AUDIT_USER": audit_user,
         }
         hub_log = log_dir / "hub.log"
         running.processes["hub"] = _start_process(
@@ -397,13 +401,13 @@ def start_enclave(
             hub_env,
             hub_dir,
         )
-        _wait_for_url(
+        # The hub's own port first: the proxy answers 404 until the hub has
+        # added its route, and logs each of those as an error.
+        for url in (
+            f"http://127.0.0.1:{hub_api_port}/hub/health",
             f"{hub_url}/hub/health",
-            running.processes["hub"],
-            "JupyterHub",
-            hub_log,
-            timeout,
-        )
+        ):
+            _wait_for_url(url, running.processes["hub"], "JupyterHub", hub_log, timeout)
         log.info("JupyterHub is up at %s", hub_url)
     except BaseException:
         running.stop()
