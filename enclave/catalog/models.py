@@ -368,3 +368,8 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, default=0)
     chain_hash: Mapped[str] = mapped_column(String(64))
+
+
+# The ethics review's tables share this metadata, so Alembic and
+# ``Base.metadata`` see them; imported last because they refer to the models above.
+from enclave.ethics import models as _ethics_models  # noqa: E402, F401

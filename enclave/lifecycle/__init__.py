@@ -1,0 +1,1 @@
+"""What happens to access and data over time: revocation at a project's end."""
