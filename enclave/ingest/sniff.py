@@ -117,6 +117,11 @@ def check_extension(name: str, container: str | None, head: bytes) -> None:
     extension = path.suffix.lower()
     accepted = ", ".join(sorted(e for e in ACCEPTED_EXTENSIONS if e))
 
+    if container is None and extension == ".dcm":
+        raise IngestError(
+            f"{name}: the file has no DICOM preamble (128 bytes and 'DICM'), so it "
+            "is not a DICOM Part 10 file; export it again as a DICOM file"
+        )
     if container is None:
         raise IngestError(
             f"{name}: the file contains {describe_content(head)}, not video or "

@@ -27,7 +27,7 @@ class VaultReader(io.RawIOBase):
     Only the chunks that a read touches are decrypted, and the most recent
     chunk is cached, so sequential reads and small seeks cost one decryption
     per chunk. Every chunk is authenticated before any of its bytes are
-    returned.
+    returned. A reader keeps one position, so give each thread its own.
 
     Raises
     ------

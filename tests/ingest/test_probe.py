@@ -379,3 +379,21 @@ def test_missing_encapsulated_frames_rejected(
 
     with pytest.raises(IngestError, match="NumberOfFrames is 40 but"):
         probe(path)
+
+
+def test_mov_named_mp4_accepted(make_video: MakeVideo) -> None:
+    path = make_video("phone.mov", rotation=90)
+    renamed = path.rename(path.with_name("phone.mp4"))
+
+    result = probe(renamed)
+
+    assert result.container == "mov"
+    assert result.rotation == 90
+
+
+def test_dcm_without_preamble_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "raw.dcm"
+    path.write_bytes(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + bytes(200))
+
+    with pytest.raises(IngestError, match="raw.dcm: the file has no DICOM preamble"):
+        probe(path)

@@ -338,3 +338,17 @@ def test_open_asset_size_mismatch_raises(vault: Vault) -> None:
 
     with pytest.raises(IntegrityError, match="does not match the catalog"):
         open_asset(vault, asset)
+
+
+def test_pyav_decodes_from_reader(small_vault: Vault, carphone_path: Path) -> None:
+    import av
+
+    blob = small_vault.write(carphone_path)
+
+    with open_blob(small_vault, blob) as reader, av.open(reader) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+        container.seek(0)
+        first = next(container.decode(video=0))
+
+    assert frames == 120
+    assert (first.width, first.height) == (176, 144)
