@@ -43,8 +43,8 @@ def _required(name: str) -> str:
     value = os.environ.get(name)
     if not value:
         raise SystemExit(
-            f"jupyterhub_config.py: environment variable {name} is not set; "
-            "start the hub with `python -m enclave.hub.launch` or set it"
+            f"jupyterhub_config.py: environment variable {name} is not set. "
+            "Start the hub with `python -m enclave.hub.launch`, or set it."
         )
     return value
 
@@ -84,6 +84,9 @@ c.JupyterHub.db_url = f"sqlite:///{state_dir / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state_dir / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(state_dir / "jupyterhub.pid")
 c.JupyterHub.log_level = os.environ.get("ENCLAVE_HUB_LOG_LEVEL", "INFO")
+# A hub login lasts as long as a provider session (8 hours), not the 14 days
+# that JupyterHub allows by default.
+c.JupyterHub.cookie_max_age_days = 8 / 24
 
 # --- Authentication: the enclave's OpenID Connect provider ---------------
 c.JupyterHub.authenticator_class = "enclave.hub.auth.EnclaveOAuthenticator"
@@ -114,16 +117,18 @@ c.EnclaveOAuthenticator.enable_auth_state = True
 c.EnclaveOAuthenticator.logout_redirect_url = (
     f"{issuer}/session/end?client_id={c.EnclaveOAuthenticator.client_id}"
 )
-# CryptKeeper reads its key from this variable; it encrypts the stored tokens.
+# JupyterHub's CryptKeeper reads from this variable the key that encrypts the
+# auth state (the user's tokens from the provider) in the hub database.
 os.environ.setdefault(
     "JUPYTERHUB_CRYPT_KEY", _read_secret(_required("ENCLAVE_HUB_CRYPT_KEY_FILE"))
 )
 
 # --- Roles: no API tokens, no sharing, no admin ---------------------------
-# The default `user` role grants `self`, which includes `tokens` (a user
-# could mint a long-lived API token usable outside the browser) and `shares`
-# (a user could open their server to another user). The enclave grants only
-# what the hub pages need to start, stop and open one's own server.
+# The default `user` role grants `self`, which includes `tokens` and
+# `shares`. With `tokens` a user could create a long-lived API token usable
+# outside the browser, and with `shares` open their server to another user.
+# The enclave grants only what is needed to start, stop and use one's own
+# server.
 c.JupyterHub.load_roles = [
     {
         "name": "user",

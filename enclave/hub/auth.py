@@ -19,7 +19,7 @@ class TokenPageWithScopeHandler(TokenPageHandler):
 
     JupyterHub renders the page for every signed-in user, whatever their
     scopes. In the enclave the ``user`` role has no ``tokens`` scope, so a
-    researcher cannot create a long-lived API token, and the page says so.
+    researcher cannot create a long-lived API token, and the page returns 403.
     """
 
     @web.authenticated

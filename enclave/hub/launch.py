@@ -159,7 +159,7 @@ def _read_or_create_secret(path: Path) -> str:
 
 def _check_node_modules() -> None:
     if shutil.which("node") is None:
-        raise ConfigurationError("node is not on PATH; install Node.js 20 or later")
+        raise ConfigurationError("node is not on PATH: install Node.js 20 or later")
     needed = [
         NODE_MODULES / "oidc-provider" / "package.json",
         NODE_MODULES / ".bin" / "configurable-http-proxy",
@@ -206,7 +206,7 @@ def _wait_for_url(
             pass
         time.sleep(0.2)
     raise ConfigurationError(
-        f"{name} did not answer {url} within {timeout:.0f} s; see {log_file}"
+        f"{name} did not respond at {url} within {timeout:.0f} s; see {log_file}"
     )
 
 
@@ -251,7 +251,7 @@ def start_enclave(
     audit_user: str | None = None,
     timeout: float = 120.0,
 ) -> Running:
-    """Start the identity provider and JupyterHub and wait until both answer.
+    """Start the identity provider and JupyterHub and wait until both respond.
 
     Parameters
     ----------
@@ -401,8 +401,8 @@ def start_enclave(
             hub_env,
             hub_dir,
         )
-        # The hub's own port first: the proxy answers 404 until the hub has
-        # added its route, and logs each of those as an error.
+        # The hub's own port first, because the proxy returns 404 until the hub
+        # has added its route, and logs each of those as an error.
         for url in (
             f"http://127.0.0.1:{hub_api_port}/hub/health",
             f"{hub_url}/hub/health",
@@ -476,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     with running:
         _print_logins(running)
-        # Block the signals so that sigwait receives them; the children were
-        # started before this and keep the default mask.
+        # Block the signals so that sigwait receives them. The children were
+        # started before this, so they keep the default mask.
         stop_signals = {signal.SIGINT, signal.SIGTERM}
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         received = signal.sigwait(stop_signals)

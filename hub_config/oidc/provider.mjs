@@ -173,8 +173,8 @@ function buildProvider(config, accounts) {
         },
       };
     },
-    // amr and acr belong to the openid scope, so every ID token tells the
-    // hub how the user signed in without the client asking for them.
+    // amr and acr belong to the openid scope, so every ID token states how
+    // the user signed in without the client requesting these claims.
     claims: {
       openid: ['sub', 'acr', 'amr', 'auth_time'],
       profile: ['name', 'preferred_username'],
@@ -382,7 +382,7 @@ function createInteractionHandler(provider, config, accounts) {
         return;
       }
       log(`interaction ${match[1]} failed: ${error.stack ?? error}`);
-      sendHtml(res, 500, errorPage('Sign-in failed', 'The identity provider hit an internal error; see its log.'));
+      sendHtml(res, 500, errorPage('Sign-in failed', 'The identity provider failed with an internal error. See its log.'));
     }
   };
 }

@@ -50,10 +50,10 @@ export function verifyTotp(secret, code, nowSeconds, window = 1) {
   }
   const key = decodeBase32(secret);
   const current = Math.floor(nowSeconds / STEP_SECONDS);
-  const given = Buffer.from(code);
+  const submitted = Buffer.from(code);
   for (let step = current - window; step <= current + window; step += 1) {
     const expected = Buffer.from(hotp(key, step));
-    if (crypto.timingSafeEqual(expected, given)) {
+    if (crypto.timingSafeEqual(expected, submitted)) {
       return step;
     }
   }

@@ -115,3 +115,17 @@ def test_mfa_group_without_second_factor_refused(hub: Running) -> None:
         login(hub, "heidi")
 
     assert excinfo.value.response.status_code == 403
+
+
+def test_logout_ends_hub_session(hub: Running) -> None:
+    session = login(hub, "carol")
+
+    response = session.get(
+        f"{hub.hub_url}/hub/logout", allow_redirects=False, timeout=30
+    )
+    after = session.get(f"{hub.hub_url}/hub/api/user", timeout=30)
+
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith(f"{hub.issuer}/session/end")
+    assert not session.cookies.get("jupyterhub-hub-login", path="/hub/")
+    assert after.status_code == 403
