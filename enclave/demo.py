@@ -92,10 +92,10 @@ def prepare_demo_data(settings: Settings) -> DemoData:
     )
 
     today = dt.date.today()
-    with catalog.session() as session:
+    with catalog.session(immediate=True) as session:
         create_project(
             session,
-            audit,
+            audit=audit,
             name=DEMO_PROJECT,
             title="Demo: brightness of de-identified clips",
             purpose="research",
@@ -108,10 +108,10 @@ def prepare_demo_data(settings: Settings) -> DemoData:
             ethics_ref="DEMO-ETHICS-2026-001",
             consent_basis="informed consent for research use",
         )
-    with catalog.session() as session:
-        submit_project(session, audit, DEMO_PROJECT, actor=DEMO_RESEARCHER)
+    with catalog.session(immediate=True) as session:
+        submit_project(session, DEMO_PROJECT, DEMO_RESEARCHER, audit=audit)
     for member in DEMO_COMMITTEE:
-        with catalog.session() as session:
-            approve_project(session, audit, DEMO_PROJECT, approver=member)
+        with catalog.session(immediate=True) as session:
+            approve_project(session, DEMO_PROJECT, member, audit=audit)
 
     return DemoData(DEMO_DATASET, DEMO_PROJECT, tuple(source_ids), created=True)

@@ -1,0 +1,151 @@
+"""The whole path on one machine: real video in, approved project, notebook out.
+
+Starts the OpenID provider, configurable-http-proxy, JupyterHub, the broker
+and the audit collector on loopback; logs the demo researcher in through the
+OpenID Connect flow; runs the quickstart notebook in a real kernel of her
+server; and checks the numbers, the audit trail and a non-member's refusal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import decord
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import convert_color_space
+
+from enclave.audit import AuditLog, load_audit_key
+from enclave.catalog.db import Catalog
+from enclave.catalog.models import Dataset, MediaType
+from enclave.cli.init import initialize
+from enclave.config import Settings
+from enclave.demo import DEMO_DATASET, prepare_demo_data
+from enclave.vault import KeyRing, Vault, open_asset
+from tests.e2e.notebook_runner import ServerKernel, code_cells
+from tests.fixtures.hub import login, running_test_hub, start_server
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "notebooks" / "01-quickstart.ipynb"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, object]]:
+    base = Path(tempfile.mkdtemp(prefix="enclave-e2e-"))
+    base.chmod(0o711)
+    settings = Settings(
+        home=base / "home",
+        key_dir=base / "keys",
+        run_dir=base / "run",
+        db_url=f"sqlite:///{base / 'home' / 'catalog.sqlite'}",
+    )
+    saved = dict(os.environ)
+    os.environ.update(
+        ENCLAVE_HOME=str(settings.home),
+        ENCLAVE_KEY_DIR=str(settings.key_dir),
+        ENCLAVE_RUN_DIR=str(settings.run_dir),
+        ENCLAVE_DB_URL=settings.db_url,
+    )
+    try:
+        initialize()
+        prepare_demo_data(settings)
+        initialize()  # hands the files written above to the broker's OS user
+        state_dir = tmp_path_factory.mktemp("e2e-hub")
+        with running_test_hub(settings, state_dir, services=["broker", "audit"]) as hub:
+            yield settings, hub
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _expected_brightness(settings: Settings) -> dict[str, list[float]]:
+    """Decode each derivative straight from the vault, without the broker."""
+    catalog = Catalog(settings.db_url)
+    vault = Vault(settings.vault_dir, KeyRing.load(settings.master_key_path))
+    expected = {}
+    with catalog.session() as session:
+        dataset = session.query(Dataset).filter_by(name=DEMO_DATASET).one()
+        for item in dataset.items:
+            data = open_asset(vault, item.asset).readall()
+            if item.asset.media_type == MediaType.VIDEO:
+                reader = decord.VideoReader(io.BytesIO(data))
+                frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+            else:
+                ds = pydicom.dcmread(io.BytesIO(data))
+                frames = ds.pixel_array
+                if ds.PhotometricInterpretation.startswith("YBR"):
+                    frames = convert_color_space(
+                        frames, ds.PhotometricInterpretation, "RGB"
+                    )
+                if frames.ndim == 3:
+                    frames = np.stack([frames] * 3, axis=-1)
+            expected[item.path] = frames.mean(axis=(1, 2, 3)).tolist()
+    return expected
+
+
+def _audit(settings: Settings) -> AuditLog:
+    return AuditLog(Catalog(settings.db_url), load_audit_key(settings.audit_key_path))
+
+
+def test_quickstart_runs_for_member(stack) -> None:
+    settings, hub = stack
+    alice = login(hub, "alice")
+    start_server(hub, alice, "alice")
+    kernel = ServerKernel(hub.hub_url, alice, "alice", "enclave-python")
+    cells = code_cells(QUICKSTART)
+
+    try:
+        runs = [kernel.execute(code) for code in cells]
+    finally:
+        kernel.shutdown()
+
+    for run in runs:
+        assert run.status == "ok", (run.code, run.errors)
+    summary = json.loads(runs[-1].stdout.strip().splitlines()[-1])
+    expected = _expected_brightness(settings)
+    assert sorted(summary) == sorted(expected)
+    for path, values in expected.items():
+        np.testing.assert_allclose(summary[path], values, atol=1e-3, err_msg=path)
+
+    audit = _audit(settings)
+    executed = audit.events(actor="alice", action="cell.execute")
+    assert [event.detail["code"] for event in executed] == cells
+    reads = audit.events(actor="alice", action="data.read", outcome="ok")
+    assert {event.dataset for event in reads} == {DEMO_DATASET}
+    assert {event.target for event in reads} >= set(expected) or len(reads) >= len(
+        expected
+    )
+    assert audit.verify().ok
+
+
+def test_non_member_is_refused_and_audited(stack) -> None:
+    settings, hub = stack
+    bob = login(hub, "bob")
+    start_server(hub, bob, "bob")
+    kernel = ServerKernel(hub.hub_url, bob, "bob", "enclave-python")
+
+    try:
+        run = kernel.execute(
+            "import enclave\n"
+            f"tree = enclave.open_dataset({DEMO_DATASET!r})\n"
+            "tree['clips/0001'].frames[:4].compute()"
+        )
+    finally:
+        kernel.shutdown()
+
+    assert run.status == "error"
+    assert run.errors[0]["ename"] == "PermissionDenied"
+    assert "member" in run.errors[0]["evalue"]
+    denied = _audit(settings).events(actor="bob", outcome="denied")
+    assert denied, "the broker wrote no record of the refused read"
+    assert denied[-1].dataset == DEMO_DATASET
