@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 """Interpreter that every OS user can run; posters use only its standard library."""
@@ -87,6 +90,33 @@ def runnable_by(user: OSUser, python: str) -> bool:
         cwd="/",
     )
     return result.returncode == 0
+
+
+def python_for(user: OSUser) -> tuple[str, dict[str, str]]:
+    """Return an interpreter with this environment's packages that ``user`` can run.
+
+    The second item holds extra environment variables for that interpreter.
+    """
+    if runnable_by(user, sys.executable):
+        return sys.executable, {}
+
+    # NOTE: a venv built from an interpreter under /root (pyenv) cannot be run
+    # by other users. The system interpreter of the same minor version loads
+    # the same compiled packages, so it stands in, with the venv's packages
+    # and the source folders on PYTHONPATH (.pth files are not read there).
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not (os.path.exists(system) and runnable_by(user, system)):
+        pytest.skip(
+            f"{sys.executable} cannot be run by other OS users and there is no "
+            f"{system}; rebuild the venv from a system-wide Python "
+            "(scripts/install.sh)"
+        )
+    paths = [
+        sysconfig.get_paths()["purelib"],
+        str(REPO_ROOT),
+        str(REPO_ROOT / "extensions"),
+    ]
+    return system, {"PYTHONPATH": os.pathsep.join(paths)}
 
 
 @contextmanager

@@ -1,0 +1,133 @@
+"""Contents manager and files handler that do not send blocked files.
+
+The contents API (``GET /api/contents/PATH`` with content), ``/files/PATH``
+and everything inside the server that reads a file through the contents
+manager (nbconvert, copy) go through :meth:`EnclaveContentsManager.check_download`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import AuthenticatedFileHandler
+from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+from tornado import web
+from traitlets import Instance, default
+
+from enclave.errors import AuditUnavailable
+
+from .audit_client import AuditClient, utc_timestamp
+from .download_policy import BlockedFile, DownloadPolicy
+
+__all__ = ["BlockingFileHandler", "EnclaveContentsManager", "record_blocked_download"]
+
+logger = logging.getLogger(__name__)
+
+
+async def record_blocked_download(
+    client: AuditClient | None, blocked: BlockedFile, route: str
+) -> None:
+    """Append a ``download.blocked`` event; a failure is logged, the block stands."""
+    if client is None:
+        logger.error(
+            "Blocked download of %r on %s was not audited: no audit collector is "
+            "configured",
+            blocked.path,
+            route,
+        )
+        return
+    try:
+        await client.post_event(
+            {
+                "action": "download.blocked",
+                "path": blocked.path,
+                "route": route,
+                "reason": blocked.reason,
+                "at": utc_timestamp(),
+            }
+        )
+    except AuditUnavailable as exc:
+        logger.error("Blocked download of %r was not audited: %s", blocked.path, exc)
+
+
+class EnclaveContentsManager(AsyncLargeFileManager):
+    """The default file contents manager, minus the content of blocked files.
+
+    Listings and metadata of blocked files are still returned, so they show up
+    in the file browser; only their content is refused with HTTP 403.
+    """
+
+    download_policy = Instance(
+        DownloadPolicy,
+        args=(),
+        help="Blocked extensions and file kinds; set by the enclave_server extension.",
+    )
+    audit_client = Instance(
+        AuditClient,
+        allow_none=True,
+        help="Client of the audit collector; set by the enclave_server extension.",
+    )
+
+    @default("files_handler_class")
+    def _default_files_handler_class(self) -> type[web.RequestHandler]:
+        return BlockingFileHandler
+
+    async def get(
+        self,
+        path: str,
+        content: bool = True,
+        type: str | None = None,  # noqa: A002 - the name of the upstream parameter
+        format: str | None = None,  # noqa: A002
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Return the model of ``path``, refusing the content of a blocked file."""
+        if content:
+            await self.check_download(path, route="contents")
+        return await super().get(
+            path, content=content, type=type, format=format, **kwargs
+        )
+
+    async def check_download(self, path: str, route: str) -> None:
+        """Raise HTTP 403 and audit the refusal if ``path`` must not be downloaded."""
+        path = path.strip("/")
+        os_path = self._get_os_path(path)
+        blocked = self.download_policy.check_file(path, os_path)
+        if blocked is None:
+            return
+
+        self.log.warning("Blocked download of %r on the %s route", path, route)
+        await record_blocked_download(self.audit_client, blocked, route)
+        raise web.HTTPError(403, "%s", blocked.message)
+
+
+class BlockingFileHandler(AuthenticatedFileHandler):
+    """``/files/PATH`` handler that checks the path before serving it."""
+
+    @web.authenticated
+    @authorized
+    async def head(self, path: str) -> None:  # type: ignore[override]
+        """Return the headers of a file that may be downloaded."""
+        await self._check(path)
+        await super().head(path)
+
+    @web.authenticated
+    @authorized
+    async def get(self, path: str, include_body: bool = True) -> None:  # type: ignore[override]
+        """Send a file that may be downloaded."""
+        await self._check(path)
+        await super().get(path, include_body=include_body)
+
+    async def _check(self, path: str) -> None:
+        manager = self.contents_manager
+        if not isinstance(manager, EnclaveContentsManager):
+            # Fail closed: without the manager's policy nothing can be checked.
+            raise web.HTTPError(
+                403,
+                "%s",
+                "Downloads are disabled because the enclave contents manager is not "
+                "in use; set ServerApp.contents_manager_class to "
+                "enclave_server.contents.EnclaveContentsManager",
+            )
+        await manager.check_download(path, route="files")

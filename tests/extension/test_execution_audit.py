@@ -1,0 +1,180 @@
+"""Every cell is audited before it runs, over both protocols, and fails closed."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.extension.conftest import EnclaveServer
+from tests.extension.kernel_client import KernelClient
+
+PROTOCOLS = ["v1", "legacy"]
+
+
+@pytest.fixture(scope="module")
+def kernel_id(enclave_server: EnclaveServer) -> str:
+    return enclave_server.start_kernel()
+
+
+@pytest.fixture(params=PROTOCOLS)
+def client(
+    request: pytest.FixtureRequest, enclave_server: EnclaveServer, kernel_id: str
+) -> Iterator[KernelClient]:
+    client = KernelClient(
+        enclave_server.base_url, enclave_server.token, kernel_id, request.param
+    )
+    yield client
+    client.close()
+
+
+def executed_events(server: EnclaveServer, marker: str) -> list:
+    return [
+        event
+        for event in server.audit_log.events(action="cell.execute")
+        if marker in event.detail["code"]
+    ]
+
+
+def test_cell_audited_with_user(
+    enclave_server: EnclaveServer, kernel_id: str, client: KernelClient
+) -> None:
+    marker = uuid.uuid4().hex
+    code = f"print('{marker}'[:4], 6 * 7)"
+
+    result = client.execute(code, cell_id="cell-7")
+
+    assert result.reply["content"]["status"] == "ok"
+    assert result.stdout == f"{marker[:4]} 42\n"
+    [event] = executed_events(enclave_server, marker)
+    assert event.actor == enclave_server.hub_user
+    assert event.source == "jupyter-server"
+    assert event.outcome == "success"
+    assert event.target == kernel_id
+    assert event.detail["code"] == code
+    assert event.detail["cell_id"] == "cell-7"
+    assert event.detail["session_id"] == client.session_id
+    assert event.detail["msg_id"] == result.reply["parent_header"]["msg_id"]
+    assert event.detail["channel"] == "shell"
+    assert enclave_server.audit_log.verify().ok
+
+
+def test_control_channel_execute_audited(
+    enclave_server: EnclaveServer, client: KernelClient
+) -> None:
+    # ipykernel also executes an execute_request that arrives on the control
+    # channel, so that channel is audited as well.
+    marker = uuid.uuid4().hex
+
+    result = client.execute(f"x = '{marker}'", channel="control")
+
+    assert result.reply["content"]["status"] == "ok"
+    [event] = executed_events(enclave_server, marker)
+    assert event.detail["channel"] == "control"
+
+
+def test_cells_keep_their_order(
+    enclave_server: EnclaveServer, client: KernelClient
+) -> None:
+    marker = uuid.uuid4().hex
+    client.execute(f"order_{marker} = []")
+    msg_ids = [
+        client.send(
+            "execute_request",
+            {"code": f"order_{marker}.append({index})", "silent": False},
+        )
+        for index in range(5)
+    ]
+    for msg_id in msg_ids:
+        client.wait_for(msg_id, "execute_reply")
+
+    result = client.execute(f"print(order_{marker})")
+
+    assert result.stdout == "[0, 1, 2, 3, 4]\n"
+    assert len(executed_events(enclave_server, marker)) == 7
+
+
+def test_cell_not_run_without_collector(
+    enclave_server: EnclaveServer, client: KernelClient
+) -> None:
+    side_effect = enclave_server.root_dir / f"ran-{uuid.uuid4().hex}"
+    code = f"open({str(side_effect)!r}, 'w').close()"
+    enclave_server.collector.stop()
+    try:
+        result = client.execute(code, cell_id="cell-9")
+    finally:
+        enclave_server.collector.start()
+
+    content = result.reply["content"]
+    assert content["status"] == "error"
+    assert content["ename"] == "AuditUnavailable"
+    assert "audit trail is unreachable, so this code was not run" in content["evalue"]
+    [error] = result.of_type("error")
+    assert error["content"]["ename"] == "AuditUnavailable"
+    time.sleep(1)
+    assert not side_effect.exists()
+    assert executed_events(enclave_server, side_effect.name) == []
+
+    # With the collector back, the same kernel runs cells again.
+    assert client.execute(code).reply["content"]["status"] == "ok"
+    assert side_effect.exists()
+
+
+def test_oversized_cell_not_run(
+    enclave_server: EnclaveServer, client: KernelClient
+) -> None:
+    # The server under test runs with EnclaveServerApp.max_code_size=65536.
+    marker = uuid.uuid4().hex
+    code = f"print('{marker}')\n" + "#" * 70_000
+
+    result = client.execute(code)
+
+    content = result.reply["content"]
+    assert content["status"] == "error"
+    assert "larger than the audit limit of 65536 bytes" in content["evalue"]
+    assert marker not in result.stdout
+    assert executed_events(enclave_server, marker) == []
+
+
+def test_kernel_has_no_network(enclave_server: EnclaveServer, kernel_id: str) -> None:
+    client = KernelClient(
+        enclave_server.base_url, enclave_server.token, kernel_id, "v1"
+    )
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        code = (
+            "import os, socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=5)\n"
+            "    print('connected')\n"
+            "except OSError as exc:\n"
+            "    print('failed', type(exc).__name__)\n"
+            "print(sorted(name for _, name in socket.if_nameindex()))\n"
+            "print(os.getuid())\n"
+        )
+        result = client.execute(code)
+        listener.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    client.close()
+
+    lines = result.stdout.splitlines()
+    assert lines[0] == "failed ConnectionRefusedError"
+    assert lines[1] == "['lo']"
+    assert lines[2] == str(enclave_server.user.uid)
+
+
+def test_only_enclave_kernel_spec(enclave_server: EnclaveServer) -> None:
+    specs = enclave_server.get("/api/kernelspecs").json()
+
+    assert specs["default"] == "enclave-python"
+    assert list(specs["kernelspecs"]) == ["enclave-python"]
+    response = enclave_server.post("/api/kernels", {"name": "python3"})
+    assert response.status_code >= 400
+
+
+def test_terminals_disabled(enclave_server: EnclaveServer) -> None:
+    assert enclave_server.get("/api/terminals").status_code == 404
