@@ -142,6 +142,9 @@ c.JupyterHub.load_roles = [
     },
 ]
 c.JupyterHub.allow_named_servers = False
+# The page layout in templates/ hides the Token link from users without the
+# `tokens` scope.
+c.JupyterHub.template_paths = [str(HUB_CONFIG_DIR / "templates")]
 
 # --- Spawner: each researcher's server as their own OS user ---------------
 c.JupyterHub.spawner_class = "enclave.hub.spawner.EnclaveSpawner"

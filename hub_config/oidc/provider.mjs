@@ -222,6 +222,15 @@ function createInteractionHandler(provider, config, accounts) {
   const throttle = new Throttle();
   const pendingOtp = new Map();
   const lastOtpStep = new Map();
+  // Sign-ins abandoned between password and code are dropped once expired.
+  setInterval(() => {
+    const now = Date.now();
+    for (const [uid, pending] of pendingOtp) {
+      if (pending.expires < now) {
+        pendingOtp.delete(uid);
+      }
+    }
+  }, 60_000).unref();
 
   async function clientName(clientId) {
     const client = await provider.Client.find(clientId);

@@ -136,3 +136,11 @@ def test_no_admin_page(hub: Running, alice: requests.Session) -> None:
     response = alice.get(f"{hub.hub_url}/hub/admin", timeout=30)
 
     assert response.status_code == 403
+
+
+def test_home_page_hides_token_link(hub: Running, alice: requests.Session) -> None:
+    response = alice.get(f"{hub.hub_url}/hub/home", timeout=30)
+
+    assert response.status_code == 200
+    assert 'href="/hub/home"' in response.text
+    assert 'href="/hub/token"' not in response.text
