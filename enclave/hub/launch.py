@@ -33,7 +33,7 @@ from enclave.errors import ConfigurationError
 from enclave.hub.accounts import Account, demo_accounts, totp_uri, write_accounts_file
 from enclave.hub.osusers import ensure_service_user
 
-__all__ = ["Running", "start_enclave", "main"]
+__all__ = ["Running", "main", "print_logins", "start_enclave"]
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +415,8 @@ def start_enclave(
     return running
 
 
-def _print_logins(running: Running) -> None:
+def print_logins(running: Running) -> None:
+    """Print the hub URL and each account's password and TOTP URI for a demo."""
     print(f"Enclave hub: {running.hub_url}/hub/login")
     print(f"Identity provider: {running.issuer}")
     for account in running.accounts.values():
@@ -475,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         home_root=args.home_root,
     )
     with running:
-        _print_logins(running)
+        print_logins(running)
         # Block the signals so that sigwait receives them. The children were
         # started before this, so they keep the default mask.
         stop_signals = {signal.SIGINT, signal.SIGTERM}
