@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
 from enclave.audit import AuditLog
 from enclave.catalog.db import Catalog
 from enclave.catalog.models import Category, Dataset, ProjectStatus
+from enclave.cli import main
 from enclave.errors import NotFound, PermissionDenied, ValidationError
 from enclave.projects import (
     approve_project,
@@ -285,3 +287,136 @@ def test_level_1_needs_one_approval(
             session, "carphone-study", "carol", audit=any_audit_log
         )
         assert project.status == ProjectStatus.APPROVED
+
+
+# The ``enclave project`` command, on the SQLite catalog of the settings.
+
+
+def test_cli_lifecycle(
+    catalog: Catalog, audit_log: AuditLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _add_dataset(catalog, "carphone")
+    create = [
+        "project",
+        "create",
+        "gaze-study",
+        "--title",
+        "Driver gaze",
+        "--purpose",
+        "Measure gaze",
+        "--pi",
+        "alice",
+        "--member",
+        "bob",
+        "--member",
+        "erin",
+        "--dataset",
+        "carphone",
+        "--start",
+        "2027-01-01",
+        "--end",
+        "2027-06-30",
+        "--ethics",
+        "EC-2026-17",
+        "--as",
+        "steward",
+    ]
+
+    assert main(create) == 0
+    assert main(["project", "submit", "gaze-study", "--as", "alice"]) == 0
+    assert main(["project", "approve", "gaze-study", "--as", "carol"]) == 0
+    assert "submitted (1 of 2 approvals)" in capsys.readouterr().out
+    assert main(["project", "approve", "gaze-study", "--as", "dave"]) == 0
+    assert capsys.readouterr().out.strip() == "project gaze-study is approved"
+
+    assert main(["project", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["status"] == "approved"
+    assert listed["members"] == ["bob", "erin"]
+    assert listed["datasets"] == ["carphone"]
+    assert listed["approvals"] == ["carol", "dave"]
+    assert listed["ethics_ref"] == "EC-2026-17"
+    actors = [(e.actor, e.action) for e in audit_log.events()]
+    assert actors == [
+        ("steward", "project.create"),
+        ("alice", "project.submit"),
+        ("carol", "project.approve"),
+        ("dave", "project.approve"),
+    ]
+
+
+def test_cli_actor_defaults_to_os_user(
+    catalog: Catalog,
+    audit_log: AuditLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _add_dataset(catalog, "carphone")
+    monkeypatch.setattr("getpass.getuser", lambda: "osuser")
+    create = ["project", "create", "p-1", "--title", "t", "--purpose", "p"]
+    create += ["--pi", "alice", "--dataset", "carphone"]
+    create += ["--start", "2027-01-01", "--end", "2027-02-01"]
+
+    assert main(create) == 0
+
+    (event,) = audit_log.events()
+    assert event.actor == "osuser"
+
+
+def test_cli_member_cannot_approve(
+    catalog: Catalog, audit_log: AuditLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _add_dataset(catalog, "carphone")
+    _create(catalog, audit_log)
+    assert main(["project", "submit", "carphone-study", "--as", "alice"]) == 0
+
+    status = main(["project", "approve", "carphone-study", "--as", "bob"])
+
+    assert status == 1
+    assert "'bob' is a member of 'carphone-study'" in capsys.readouterr().err
+
+
+def test_cli_bad_dates(
+    catalog: Catalog, audit_log: AuditLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _add_dataset(catalog, "carphone")
+    create = ["project", "create", "p-1", "--title", "t", "--purpose", "p"]
+    create += ["--pi", "alice", "--dataset", "carphone"]
+    create += ["--start", "2027-03-01", "--end", "2027-02-01"]
+
+    status = main(create)
+
+    assert status == 1
+    assert "end date 2027-02-01 is not after start date 2027-03-01" in (
+        capsys.readouterr().err
+    )
+
+
+def test_cli_terminate_needs_reason(catalog: Catalog, audit_log: AuditLog) -> None:
+    with pytest.raises(SystemExit):
+        main(["project", "terminate", "carphone-study"])
+
+
+def test_cli_reject_and_list_text(
+    catalog: Catalog, audit_log: AuditLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _add_dataset(catalog, "carphone")
+    _create(catalog, audit_log)
+    assert main(["project", "submit", "carphone-study", "--as", "steward"]) == 0
+
+    status = main(
+        [
+            "project",
+            "reject",
+            "carphone-study",
+            "--reason",
+            "no consent",
+            "--as",
+            "carol",
+        ]
+    )
+
+    assert status == 0
+    capsys.readouterr()
+    assert main(["project", "list", "--status", "rejected"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:3] == ["carphone-study", "rejected", "alice"]
