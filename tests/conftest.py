@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.vault",
     "tests.fixtures.media",
     "tests.fixtures.hub",
+    "tests.fixtures.broker",
 ]

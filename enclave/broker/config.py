@@ -18,14 +18,14 @@ __all__ = [
 # cannot hold a decode thread for long while others wait.
 MAX_FRAMES_PER_REQUEST = 256
 
-# The decoded frames of one request are held twice in the broker (the array
-# and the response buffer), so this bounds the memory one request can pin:
-# 256 MiB is 43 frames of 1920x1080 RGB or 3,400 frames of 176x144.
+# The decoded frames of one request are in the broker's memory at least twice
+# (the array and the response buffer), so this bounds what one request pins.
+# 256 MiB is 43 frames of 1920x1080 RGB or 3,530 frames of 176x144.
 MAX_BYTES_PER_REQUEST = 256 * 1024 * 1024
 
 # Decrypted assets kept in memory with their open decoder. Opening an asset
-# decrypts it and indexes its key frames, so a researcher reading one clip
-# chunk by chunk must hit the cache; a few entries cover a notebook's work.
+# decrypts it and indexes its key frames, which costs far more than decoding
+# one chunk. A notebook reads a few clips at a time, so a few entries suffice.
 DECODER_CACHE_ENTRIES = 8
 
 # Plaintext bytes the decoder cache may hold in total. The entry in use is

@@ -122,7 +122,7 @@ def _as_rgb_frames(frames: np.ndarray, frame_count: int) -> np.ndarray:
 
 def _dicom_timing(dataset, frame_count: int, fallback_fps: float):  # type: ignore[no-untyped-def]
     # Frame Time (0018,1063) is milliseconds per frame; Frame Time Vector
-    # (0018,1065) holds the increments of a variable rate, the first being 0.
+    # (0018,1065) contains the increments of a variable rate, the first being 0.
     vector = dataset.get("FrameTimeVector")
     if vector is not None and len(vector) == frame_count:
         stamps = np.cumsum(np.asarray(vector, dtype=np.float64)) / 1000.0
@@ -227,5 +227,5 @@ class DecoderCache:
                 _, evicted = self._entries.popitem(last=False)
                 total -= evicted.size
             log.debug(
-                "decoder cache holds %d assets, %d bytes", len(self._entries), total
+                "decoder cache contains %d assets, %d bytes", len(self._entries), total
             )

@@ -1,4 +1,4 @@
-"""Who is on the other end of a Unix socket connection.
+"""Identity of the process on the other end of a Unix socket connection.
 
 The kernel records the credentials of the process that connected (SO_PEERCRED),
 so a client cannot claim another identity the way it could with a header.

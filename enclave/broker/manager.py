@@ -1,4 +1,4 @@
-"""What the broker does for a request: authorise, decrypt, decode, audit.
+"""Request handling of the broker: authorisation, decryption, decoding, audit.
 
 Every method here runs in a worker thread and opens its own catalog session.
 The handlers in :mod:`enclave.broker.handlers` only translate HTTP.
@@ -48,7 +48,7 @@ class Requester:
 
 @dataclass(frozen=True)
 class ItemInfo:
-    """Shape and timing of one item, as the broker's decoder sees it."""
+    """Shape and timing of one item, as the broker's decoder reports it."""
 
     frame_count: int
     height: int
@@ -84,7 +84,7 @@ class DataManager:
         )
         self._item_info: dict[str, ItemInfo] = {}
         # One append at a time from this process: the chain head is a single
-        # row, and SQLite would answer parallel writers with "database is locked".
+        # row, and SQLite fails parallel writers with "database is locked".
         self._audit_lock = threading.Lock()
 
     def list_datasets(self, requester: Requester) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The researcher-facing data API: datasets as xarray, Dask and torch objects.
 
 Frames come from the data broker over a local socket; this process never
-sees a key or an encrypted file.
+receives a key or an encrypted file.
 
 Examples
 --------

@@ -50,7 +50,7 @@ def open_dataset(
     Raises
     ------
     PermissionDenied
-        If none of your current, approved projects holds the dataset.
+        If none of your current, approved projects has a grant of the dataset.
     NotFound
         If no dataset has this name.
 

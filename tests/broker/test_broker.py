@@ -13,9 +13,10 @@ import pytest
 from pydicom.pixels import pixel_array
 from sqlalchemy import text
 
+from enclave.broker.identity import peer_credentials
 from enclave.data import BrokerClient
 from enclave.errors import PermissionDenied
-from tests.broker.harness import (
+from tests.fixtures.broker import (
     ARCHIVE_DATASET,
     CURRENT_PROJECT,
     DATASET,
@@ -54,7 +55,9 @@ def test_read_is_audited_with_frame_range(
     outcome = run_as(member, broker.socket_path, code)
 
     assert outcome.result == [16, 144, 176, 3]
-    reads = broker.enclave.audit.events(actor=member.hub_name, action="data.read")
+    reads = broker.enclave.audit.events(
+        actor=member.hub_name, action="data.read", outcome="success"
+    )
     ranges = [event.detail["frames"] for event in reads]
     assert [10, 26] in ranges
     event = reads[ranges.index([10, 26])]
@@ -318,13 +321,17 @@ def test_health_needs_no_identity(broker: RunningBroker) -> None:
     assert BrokerClient(broker.socket_path).health() == {"status": "ok"}
 
 
-def test_peer_credentials_are_the_kernels(broker: RunningBroker) -> None:
-    from enclave.broker.identity import peer_credentials
+def test_peer_credentials_of_socketpair() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX)
+    with left, right:
+        peer = peer_credentials(left)
 
-    with socket.socket(socket.AF_UNIX) as client:
-        client.connect(str(broker.socket_path))
-        left, right = socket.socketpair()
-        with left, right:
-            peer = peer_credentials(left)
+    assert peer.pid == os.getpid()
+    assert peer.uid == os.getuid()
+    assert peer.gid == os.getgid()
 
-    assert (peer.pid, peer.uid, peer.gid) == (os.getpid(), os.getuid(), os.getgid())
+
+def test_peer_credentials_need_unix_socket() -> None:
+    with socket.socket(socket.AF_INET) as tcp:
+        with pytest.raises(PermissionDenied, match="only on a Unix socket"):
+            peer_credentials(tcp)

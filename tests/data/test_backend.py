@@ -7,7 +7,7 @@ import pytest
 
 from enclave.data.backend import EnclaveBackendEntrypoint, parse_item_spec
 from enclave.errors import ValidationError
-from tests.broker.harness import DATASET, OsUser, RunningBroker, decord_frames, run_as
+from tests.fixtures.broker import DATASET, OsUser, RunningBroker, decord_frames, run_as
 
 OPEN_ITEM = f"""
 import dask.array, xarray as xr
@@ -49,7 +49,9 @@ def test_open_item_with_engine(broker: RunningBroker, member: OsUser) -> None:
     assert np.allclose(got["mean"], expected[:24].mean(axis=(1, 2)))
     assert got["missing"][0] == "NotFound"
     assert "has no item 'clips/0404'" in got["missing"][1]
-    reads = broker.enclave.audit.events(actor=member.hub_name, action="data.read")
+    reads = broker.enclave.audit.events(
+        actor=member.hub_name, action="data.read", outcome="success"
+    )
     assert [5, 9] in [event.detail["frames"] for event in reads]
 
 

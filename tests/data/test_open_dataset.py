@@ -7,7 +7,7 @@ import pytest
 
 from enclave.data import open_dataset
 from enclave.errors import ValidationError
-from tests.broker.harness import DATASET, OsUser, RunningBroker, decord_frames, run_as
+from tests.fixtures.broker import DATASET, OsUser, RunningBroker, decord_frames, run_as
 
 OPEN_TREE = f"""
 import enclave, dask
@@ -75,7 +75,9 @@ def test_compute_equals_decord(broker: RunningBroker, opened: dict) -> None:
 def test_reads_are_audited_per_chunk(
     broker: RunningBroker, member: OsUser, opened: dict
 ) -> None:
-    reads = broker.enclave.audit.events(actor=member.hub_name, action="data.read")
+    reads = broker.enclave.audit.events(
+        actor=member.hub_name, action="data.read", outcome="success"
+    )
     ranges = {tuple(event.detail["frames"]) for event in reads}
 
     assert {(start, min(start + 16, 120)) for start in range(0, 120, 16)} <= ranges

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.broker.harness import DATASET, OsUser, RunningBroker, decord_frames, run_as
+from tests.fixtures.broker import DATASET, OsUser, RunningBroker, decord_frames, run_as
 
 CLIPS = f"""
 import torch
@@ -64,4 +64,4 @@ def test_data_package_does_not_import_torch() -> None:
     code = "import enclave.data, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False", out.stderr
