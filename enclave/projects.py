@@ -5,7 +5,7 @@ it reads and the dates it runs. It starts as a draft, the PI submits it, and
 reviewers who are neither the PI nor members approve or reject it. The
 number of approvals needed is the highest ``min_approvals`` among the levels
 of its datasets. Members read a dataset only while the project is approved,
-between its start and end dates, and while the dataset's grant stands.
+between its start and end dates, and while the dataset's grant is not revoked.
 
 Each state change records an audit event in the same transaction, so the
 change and its record commit together or not at all. On SQLite, open the
@@ -63,8 +63,8 @@ CLOSED_STATUSES = (
 )
 
 
-def parse_date(value: dt.date | str, what: str) -> dt.date:
-    """Return ``value`` as a date; ``what`` names it in the error message.
+def parse_date(value: dt.date | str, label: str) -> dt.date:
+    """Return ``value`` as a date; ``label`` names it in the error message.
 
     Raises
     ------
@@ -72,14 +72,14 @@ def parse_date(value: dt.date | str, what: str) -> dt.date:
         If ``value`` is neither a date nor an ISO date string (YYYY-MM-DD).
     """
     if isinstance(value, dt.datetime):
-        raise ValidationError(f"{what} {value!r} is a date and time; pass a date")
+        raise ValidationError(f"{label} {value!r} is a date and time; pass a date")
     if isinstance(value, dt.date):
         return value
     try:
         return dt.date.fromisoformat(str(value).strip())
     except ValueError:
         raise ValidationError(
-            f"invalid {what} {value!r}; use an ISO date such as 2027-01-31"
+            f"invalid {label} {value!r}; use an ISO date such as 2027-01-31"
         ) from None
 
 
@@ -309,7 +309,7 @@ def _require_status(
 
 
 def _require_reviewer(project: Project, reviewer: str) -> None:
-    # Separation of duties: nobody reviews a project they would work in.
+    # Separation of duties: a reviewer must not work in the project.
     if reviewer == project.principal_investigator:
         raise PermissionDenied(
             f"{reviewer!r} is the principal investigator of {project.name!r} and "
@@ -490,7 +490,7 @@ def authorize_read(
 ) -> tuple[Project, Dataset]:
     """Return the project through which ``username`` may read ``dataset_name``.
 
-    The user must be a current member of a project that holds a standing
+    The user must be a current member of a project that has an unrevoked
     grant of the dataset, is approved, and runs on ``today`` (its start and
     end dates included).
 

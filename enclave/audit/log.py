@@ -1,7 +1,7 @@
 """The append-only, hash-chained audit trail in the catalog database.
 
 Every record carries ``chain_hash = HMAC-SHA256(key, prev_hash || canonical
-JSON of the record)``, where the canonical JSON holds every field of the
+JSON of the record)``, where the canonical JSON contains every field of the
 record including ``seq`` and the time. The key is kept in a file outside the
 database, so someone who can rewrite the database but not read the key cannot
 edit, delete, reorder or forge a record without :meth:`AuditLog.verify`
@@ -149,7 +149,7 @@ NOT_CAPTURED = (
     "dates of birth, addresses, phone numbers",
     "video frames, images and the contents of files",
 )
-"""What the audit trail never records, whichever component writes to it."""
+"""Kinds of data the audit trail never records, whichever component writes to it."""
 
 SCRUBBED_KEYS = frozenset(
     {
@@ -272,7 +272,7 @@ class VerifyReport:
     first_bad_seq: int | None = None
     """Sequence number of the first record that failed, or None."""
     reason: str | None = None
-    """What failed, in words, or None."""
+    """Description of the failure, or None."""
     head_seq: int | None = None
     """Chain length that the head row records."""
 

@@ -1,7 +1,7 @@
 """Classification policy: the five levels, the four categories and reviews.
 
 The default rules live in ``levels.toml`` inside this package; the catalog
-holds the rules in force, which :func:`set_rule` edits.
+contains the rules in force, which :func:`set_rule` edits.
 """
 
 from __future__ import annotations

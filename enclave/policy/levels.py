@@ -134,9 +134,9 @@ def check_rule(level: int, values: dict[str, Any]) -> None:
     """Raise ValidationError if the rule values of ``level`` break the standard.
 
     The standard fixes these floors, which an institution may tighten but
-    not relax: levels 3 to 5 are backed up at least every hour and must be
-    de-identified before release, levels 4 and 5 require multi-factor login,
-    and level 5 is kept 15 to 30 years.
+    not relax. Levels 3 to 5 are backed up at least every hour and must be
+    de-identified before release. Levels 4 and 5 require multi-factor login.
+    Level 5 is kept 15 to 30 years.
     """
     check_level(level)
     for name in ("backup_interval_minutes", "retention_days", "min_approvals"):

@@ -44,11 +44,11 @@ def _add_asset(catalog: Catalog, classified_at: dt.datetime) -> str:
 def test_show_json(catalog: Catalog, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["levels", "show", "--json"])
 
-    shown = json.loads(capsys.readouterr().out)
+    output = json.loads(capsys.readouterr().out)
     assert status == 0
-    assert [rule["level"] for rule in shown["levels"]] == [1, 2, 3, 4, 5]
-    assert shown["levels"][2]["backup_interval_minutes"] == 60
-    assert {c["category"] for c in shown["categories"]} == {
+    assert [rule["level"] for rule in output["levels"]] == [1, 2, 3, 4, 5]
+    assert output["levels"][2]["backup_interval_minutes"] == 60
+    assert {c["category"] for c in output["categories"]} == {
         "diagnosis",
         "nursing",
         "monitoring",
