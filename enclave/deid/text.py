@@ -461,6 +461,7 @@ def residual_text(
     *,
     sample_every: int = 1,
     detector: TextDetector | None = None,
+    passes: int = 1,
 ) -> list[TextHit]:
     """Search masked frames for any remaining text with a lower threshold.
 
@@ -477,6 +478,9 @@ def residual_text(
         Check every n-th frame (and the last one); 1 checks every frame.
     detector
         The detector to use; defaults to :func:`default_detector`.
+    passes
+        Detection passes per frame (see :meth:`TextDetector.detect`). One pass
+        decides whether a frame is clean; more find every line on a dirty one.
 
     Returns
     -------
@@ -500,7 +504,8 @@ def residual_text(
 
     hits: list[TextHit] = []
     for index in indices:
-        for hit in detector.detect(np.asarray(frames[index]), threshold=threshold):
+        frame = np.asarray(frames[index])
+        for hit in detector.detect(frame, threshold=threshold, passes=passes):
             hits.append(TextHit(frame_index=index, box=hit.box, score=hit.score))
     logger.debug("residual text check: %d hits on %d frames", len(hits), len(indices))
     return hits
