@@ -7,6 +7,8 @@ import logging
 import os
 import pwd
 import signal
+import socket
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,10 +53,24 @@ def make_app(
     )
 
 
-def bind_socket(path: Path) -> object:
-    """Create the listening Unix socket (mode 0666) in a folder of mode 0755."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, SOCKET_DIR_MODE)
+def bind_socket(path: Path) -> socket.socket:
+    """Create the listening Unix socket (mode 0666) in a folder of mode 0755.
+
+    A folder that belongs to another account keeps its mode; if others
+    cannot enter it, researchers cannot connect, which is logged.
+    """
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder.stat().st_uid == os.geteuid():
+        os.chmod(folder, SOCKET_DIR_MODE)
+    elif not folder.stat().st_mode & stat.S_IXOTH:
+        log.warning(
+            "socket folder %s is not open to other users (mode %o), so "
+            "researchers cannot reach the broker; run 'chmod 755 %s'",
+            folder,
+            stat.S_IMODE(folder.stat().st_mode),
+            folder,
+        )
     return netutil.bind_unix_socket(str(path), mode=SOCKET_MODE)
 
 
@@ -79,7 +95,9 @@ def drop_privileges(user: str) -> None:
     log.info("running as %s (uid %d)", user, account.pw_uid)
 
 
-async def run_broker(settings: Settings, manager: DataManager, sock) -> None:  # type: ignore[no-untyped-def]
+async def run_broker(
+    settings: Settings, manager: DataManager, sock: socket.socket
+) -> None:
     """Serve on the bound socket ``sock`` until SIGTERM or SIGINT."""
     executor = ThreadPoolExecutor(
         max_workers=manager.config.decode_threads, thread_name_prefix="broker-decode"
