@@ -15,7 +15,9 @@ from enclave.deid.result import DeidResult
 __all__ = ["DeidResult", "deidentify_bytes", "deidentify_file", "derive"]
 
 
-def deidentify_bytes(data: bytes, name: str, profile: str, **options: Any) -> DeidResult:
+def deidentify_bytes(
+    data: bytes, name: str, profile: str, **options: Any
+) -> DeidResult:
     """De-identify one video or DICOM file held in memory; see :mod:`enclave.deid.api`."""
     from enclave.deid.api import deidentify_bytes as _deidentify_bytes
 
@@ -29,11 +31,19 @@ def deidentify_file(input, output, profile, report_path=None, **options):  # typ
     return _deidentify_file(input, output, profile, report_path, **options)
 
 
-def derive(catalog, vault, audit, asset_ids, *, profile, dataset_name, actor, **options):  # type: ignore[no-untyped-def]
+def derive(
+    catalog, vault, audit, asset_ids, *, profile, dataset_name, actor, **options
+):  # type: ignore[no-untyped-def]
     """Publish a de-identified dataset from vault assets; see :mod:`enclave.deid.derive`."""
     from enclave.deid.derive import derive as _derive
 
     return _derive(
-        catalog, vault, audit, asset_ids,
-        profile=profile, dataset_name=dataset_name, actor=actor, **options,
+        catalog,
+        vault,
+        audit,
+        asset_ids,
+        profile=profile,
+        dataset_name=dataset_name,
+        actor=actor,
+        **options,
     )
