@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "enclave.cli.levels",
     "enclave.cli.broker",
     "enclave.cli.demo",
+    "enclave.cli.ethics",
 ]
 
 # Commands that write to the vault or the catalog. Run by root, they leave

@@ -19,7 +19,7 @@ from .conftest import make_application
 
 
 def _run_together(calls: list[Callable[[], object]]) -> list[object]:
-    """Run the calls in threads released at the same moment; return results or errors."""
+    """Run the calls in threads released together; return their results or errors."""
     barrier = threading.Barrier(len(calls))
     results: list[object] = [None] * len(calls)
 
