@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from enclave.errors import NotFound
 from enclave.ethics import forms, labels
 from enclave.ethics.agreement import current_agreement, list_versions, load_agreement
 from enclave.ethics.forms import FormInvalid, parse_amendment, parse_application
-from enclave.errors import NotFound
 
 ETHICS_DIR = Path(forms.__file__).parent
 TODAY = dt.date(2026, 12, 4)
