@@ -17,10 +17,13 @@ Optional
     ``ENCLAVE_HUB_SERVICES`` comma-separated managed services to run, out of
     ``broker`` and ``audit`` (both by default; empty for none),
     ``ENCLAVE_HUB_HOME_ROOT`` folder of the researchers' home folders
-    (``/home/enclave``), ``ENCLAVE_MFA_GROUPS`` groups that must sign in with
-    a second factor (``security-admins``), ``ENCLAVE_AUDIT_USER`` OS user of
-    the audit collector (the broker's OS user), and the ``ENCLAVE_*`` settings
-    of ``enclave.config.load_settings``.
+    (``/home/enclave``),
+    ``ENCLAVE_HUB_RUNTIME_ROOT`` folder of the users' Jupyter runtime folders
+    (``/run/enclave-users``),
+    ``ENCLAVE_MFA_GROUPS`` groups that must sign in with a second factor
+    (``security-admins``),
+    ``ENCLAVE_AUDIT_USER`` OS user of the audit collector (the broker's OS
+    user), and the ``ENCLAVE_*`` settings of ``enclave.config.load_settings``.
 """
 
 from __future__ import annotations
@@ -150,6 +153,9 @@ c.JupyterHub.template_paths = [str(HUB_CONFIG_DIR / "templates")]
 c.JupyterHub.spawner_class = "enclave.hub.spawner.EnclaveSpawner"
 c.EnclaveSpawner.user_prefix = settings.user_prefix
 c.EnclaveSpawner.home_root = os.environ.get("ENCLAVE_HUB_HOME_ROOT", "/home/enclave")
+c.EnclaveSpawner.runtime_root = os.environ.get(
+    "ENCLAVE_HUB_RUNTIME_ROOT", "/run/enclave-users"
+)
 c.EnclaveSpawner.broker_socket = str(settings.broker_socket)
 c.EnclaveSpawner.audit_socket = str(settings.audit_socket)
 c.EnclaveSpawner.run_dir = str(settings.run_dir)

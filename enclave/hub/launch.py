@@ -248,6 +248,7 @@ def start_enclave(
     accounts: Sequence[Account] | None = None,
     password: str | None = None,
     home_root: Path = Path("/home/enclave"),
+    runtime_root: Path = Path("/run/enclave-users"),
     audit_user: str | None = None,
     timeout: float = 120.0,
 ) -> Running:
@@ -273,6 +274,9 @@ def start_enclave(
         ``password`` (or ``ENCLAVE_DEMO_PASSWORD``, or a random password).
     home_root
         Folder of the researchers' home folders.
+    runtime_root
+        Folder of the users' Jupyter runtime folders, where kernels put their
+        ipc sockets; keep it short, because a socket path has at most 107 bytes.
     audit_user
         OS user of the audit collector; by default the broker's OS user, who
         owns the catalog and the audit key.
@@ -388,6 +392,7 @@ def start_enclave(
             "ENCLAVE_PROXY_API_PORT": str(proxy_api_port),
             "ENCLAVE_HUB_SERVICES": ",".join(service_names),
             "ENCLAVE_HUB_HOME_ROOT": str(home_root),
+            "ENCLAVE_HUB_RUNTIME_ROOT": str(runtime_root),
             "ENCLAVE_AUDIT_USER": audit_user,
         }
         hub_log = log_dir / "hub.log"

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from enclave.errors import ConfigurationError, ValidationError
 
-__all__ = ["ensure_os_user", "ensure_service_user", "remove_os_user"]
+__all__ = [
+    "ensure_os_user",
+    "ensure_runtime_dir",
+    "ensure_service_user",
+    "remove_os_user",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,35 @@ def ensure_os_user(name: str, home_root: Path, *, prefix: str) -> pwd.struct_pas
 
     _check_unprivileged(entry)
     return entry
+
+
+def ensure_runtime_dir(root: Path, entry: pwd.struct_passwd) -> Path:
+    """Create ``root/<uid>`` (mode 0700, owned by the user) for Jupyter's runtime files.
+
+    Kernels that use the ipc transport put their Unix sockets here, and a
+    socket path may be at most 107 bytes long, so this folder has a short
+    path, unlike ``~/.local/share/jupyter/runtime``.
+
+    Raises
+    ------
+    ConfigurationError
+        The folder exists but belongs to another user.
+    """
+    root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    folder = root / str(entry.pw_uid)
+    try:
+        folder.mkdir(mode=0o700)
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+    except FileExistsError:
+        pass
+    info = folder.lstat()
+    if not folder.is_dir() or folder.is_symlink() or info.st_uid != entry.pw_uid:
+        raise ConfigurationError(
+            f"runtime folder {folder} is not a folder owned by {entry.pw_name}; "
+            "remove it so that the spawner can create it again"
+        )
+    os.chmod(folder, 0o700)
+    return folder
 
 
 def ensure_service_user(name: str) -> pwd.struct_passwd:

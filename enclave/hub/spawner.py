@@ -11,7 +11,7 @@ from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from traitlets import Bool, Unicode, default
 
 from enclave.config import load_settings
-from enclave.hub.osusers import ensure_os_user
+from enclave.hub.osusers import ensure_os_user, ensure_runtime_dir
 
 __all__ = ["EnclaveSpawner"]
 
@@ -50,6 +50,16 @@ class EnclaveSpawner(LocalProcessSpawner):
     home_root = Unicode(
         "/home/enclave",
         help="""Folder under which new OS users get their home folder (mode 0700).""",
+    ).tag(config=True)
+
+    runtime_root = Unicode(
+        "/run/enclave-users",
+        help="""Folder of the users' Jupyter runtime folders, ``<runtime_root>/<uid>``.
+
+        Passed as JUPYTER_RUNTIME_DIR. Kernels on the ipc transport create their
+        Unix sockets there, and a socket path may be at most 107 bytes long, so
+        keep this path short.
+        """,
     ).tag(config=True)
 
     create_os_users = Bool(
@@ -120,6 +130,7 @@ class EnclaveSpawner(LocalProcessSpawner):
                 f"OS user {self.os_username!r} is privileged (uid {entry.pw_uid}); "
                 "refusing to start a server as root"
             )
+        await asyncio.to_thread(ensure_runtime_dir, Path(self.runtime_root), entry)
         self.log.info(
             "starting server of hub user %s as OS user %s (uid %d)",
             self.user.name,
@@ -139,6 +150,7 @@ class EnclaveSpawner(LocalProcessSpawner):
         env["LOGNAME"] = entry.pw_name
         env["HOME"] = entry.pw_dir
         env["SHELL"] = entry.pw_shell
+        env["JUPYTER_RUNTIME_DIR"] = str(Path(self.runtime_root) / str(entry.pw_uid))
         env["ENCLAVE_BROKER_SOCKET"] = self.broker_socket
         env["ENCLAVE_AUDIT_SOCKET"] = self.audit_socket
         env["ENCLAVE_RUN_DIR"] = self.run_dir

@@ -16,7 +16,13 @@ import pytest
 
 from enclave.config import Settings
 from enclave.hub.launch import Running
-from tests.fixtures.hub import running_test_hub
+from tests.fixtures.hub import (
+    login,
+    open_server,
+    run_code,
+    running_test_hub,
+    start_server,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -83,3 +89,22 @@ def test_services_run_as_broker_user(services_hub: Running) -> None:
 
     assert processes.get("broker") == broker_uid
     assert processes.get("audit") == broker_uid
+
+
+def test_kernel_runs_as_researcher(services_hub: Running) -> None:
+    session = login(services_hub, "alice")
+    start_server(services_hub, session, "alice")
+    assert open_server(services_hub, session, "alice").status_code == 200
+
+    reply = run_code(
+        services_hub,
+        session,
+        "alice",
+        "import os; print(os.getuid(), os.environ['JUPYTER_RUNTIME_DIR'])",
+    )
+
+    entry = pwd.getpwnam("enc-alice")
+    assert reply["status"] == "ok", reply
+    uid, runtime_dir = reply["stdout"].split()
+    assert int(uid) == entry.pw_uid
+    assert runtime_dir.endswith(f"/{entry.pw_uid}")
