@@ -1,6 +1,6 @@
 """The ethics committee's review of research projects, and its hub service page.
 
-:mod:`enclave.ethics.workflow` holds the decisions (apply, review, amend,
+:mod:`enclave.ethics.workflow` contains the decisions (apply, review, amend,
 suspend, terminate, accept the data use agreement),
 :mod:`enclave.ethics.app` the JupyterHub service that shows them, and
 :mod:`enclave.ethics.models` their tables.

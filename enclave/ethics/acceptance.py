@@ -73,9 +73,9 @@ def accept_agreement(
     language
         Language of the text the member read (``en`` or ``zh_CN``).
     text_sha256
-        SHA-256 of the text the page showed; when given it must match the
-        current text, so an acceptance never refers to a text the member did
-        not see.
+        SHA-256 of the text the page showed. When given, it must match the
+        current text, so that an acceptance never refers to a text the member
+        did not see.
 
     Raises
     ------

@@ -2,9 +2,9 @@
 
 Each version is a TOML file ``agreements/<version>.toml`` inside this package
 with the text in English (``en``) and Chinese (``zh_CN``). A published
-version is never edited: an acceptance stores the SHA-256 of the exact text
-the member was shown, so a changed text goes into a new file with the next
-version number, and members then accept the new version before their next
+version is never edited, because an acceptance stores the SHA-256 of the
+exact text the member was shown. A changed text goes into a new file with the
+next version number, and members accept the new version before their next
 data access.
 """
 

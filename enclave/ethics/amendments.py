@@ -224,7 +224,7 @@ def review_amendment(
     """Record one committee member's decision on a pending amendment.
 
     The rules are those of :func:`review_application`. An approved amendment
-    adds its members and dataset grants and moves the end date; a request
+    adds its members and dataset grants and moves the end date. A request
     for changes closes it, and the members submit a corrected amendment.
 
     Raises

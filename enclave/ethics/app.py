@@ -4,8 +4,8 @@ The hub starts it with ``enclave ethics serve`` and passes, as for every
 managed service, ``JUPYTERHUB_SERVICE_URL`` (where to listen),
 ``JUPYTERHUB_SERVICE_PREFIX`` (``/services/ethics/``), ``JUPYTERHUB_API_URL``,
 ``JUPYTERHUB_API_TOKEN`` and ``JUPYTERHUB_CLIENT_ID``. Users sign in through
-the hub's OAuth; the page uses the hub's style sheet from the jupyterhub
-package, and speaks Chinese to browsers that prefer Chinese.
+the hub's OAuth. The page uses the hub's style sheet from the jupyterhub
+package and speaks Chinese to browsers that prefer Chinese.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ DEFAULT_PREFIX = "/services/ethics/"
 
 @dataclass
 class EthicsContext:
-    """What every request handler of the service shares."""
+    """State shared by every request handler of the service."""
 
     catalog: Catalog
     audit: AuditLog

@@ -1,8 +1,8 @@
 """Applications: a researcher applies, the committee reviews, the applicant resubmits.
 
 One request for changes or one rejection ends a review round. Approval needs
-as many approvals as the strictest level among the project's datasets asks
-for (``LevelRule.min_approvals``); the approvals are recorded by
+the highest ``LevelRule.min_approvals`` among the levels of the project's
+datasets. The approvals are recorded by
 :func:`enclave.projects.approve_project`. After changes are requested the
 applicant edits and resubmits, which starts a new round in which earlier
 votes no longer count.

@@ -177,7 +177,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise web.HTTPError(404, str(exc)) from exc
 
     def refuse(self, action: str, project: str | None, reason: str) -> None:
-        """Record a refused request in the audit trail and answer 403."""
+        """Record a rejected request in the audit trail and raise HTTP 403."""
         try:
             self.context.audit.append(
                 actor=self.viewer.name,
@@ -189,7 +189,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             )
         except AuditUnavailable as exc:
             raise web.HTTPError(503, str(exc)) from exc
-        log.warning("refused %s for %s: %s", action, self.viewer.name, reason)
+        log.warning("rejected %s by %s: %s", action, self.viewer.name, reason)
         raise web.HTTPError(403, reason)
 
     def project_url(self, name: str) -> str:

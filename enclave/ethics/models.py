@@ -37,7 +37,7 @@ __all__ = [
 
 
 class ReviewDecision(enum.StrEnum):
-    """What one committee member decided about an application or amendment."""
+    """One committee member's decision on an application or amendment."""
 
     APPROVE = "approve"
     APPROVE_WITH_CONDITIONS = "approve_with_conditions"
@@ -54,7 +54,7 @@ class AmendmentStatus(enum.StrEnum):
 
 
 class ClosureCause(enum.StrEnum):
-    """Why a project's access ended."""
+    """The cause of the end of a project's access."""
 
     ENDED = "ended"  # the end date passed
     TERMINATED = "terminated"  # stopped for good before the end date

@@ -125,7 +125,7 @@ def deny(
         session=session,
     )
     session.commit()
-    log.warning("%s refused for %s on project %s: %s", action, actor, project, reason)
+    log.warning("rejected %s by %s on project %s: %s", action, actor, project, reason)
     return PermissionDenied(reason)
 
 

@@ -303,7 +303,7 @@ class ProjectRow:
 def list_projects_for(session: Session, viewer: Viewer) -> dict[str, list[ProjectRow]]:
     """Return the lists of the front page: the viewer's projects, reviews, all others.
 
-    ``mine`` holds the projects the viewer applied for or works in;
+    ``mine`` contains the projects the viewer applied for or works in;
     ``to_review`` (committee only) the submitted projects and those with a
     pending amendment; ``all`` (committee and security administrators) every
     project.

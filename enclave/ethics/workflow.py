@@ -10,7 +10,7 @@ use agreement (:func:`accept_agreement`) before their first data access,
 which the broker checks with :func:`has_accepted_agreement`.
 
 Every function takes an open catalog session, locks the project's row and
-records its decision in the audit trail in the same transaction; on SQLite,
+records its decision in the audit trail in the same transaction. On SQLite,
 open the session with ``catalog.session(immediate=True)``.
 """
 

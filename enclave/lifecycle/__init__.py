@@ -1,1 +1,1 @@
-"""What happens to access and data over time: revocation at a project's end."""
+"""Lifecycle of access and data: revocation at a project's end, working copies."""

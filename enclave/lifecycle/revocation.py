@@ -3,12 +3,12 @@
 A sweep (:func:`run_revocation`) runs every 30 seconds in the ethics service
 and on demand with ``enclave ethics revoke-expired``. It
 
-1. marks approved projects whose end date has passed as ended;
+1. marks approved and suspended projects whose end date has passed as ended;
 2. records an :class:`~enclave.ethics.models.AccessClosure` for every ended,
-   terminated or suspended project that lacks one: a notice to each member
-   saying why access ended, the destruction of the project's working copies
-   by key destruction (not on suspension, which can be lifted), and an
-   ``access.revoke`` audit event;
+   terminated or suspended project that lacks one. The closure leaves each
+   member a notice saying why access ended and records an ``access.revoke``
+   audit event. It also destroys the project's working copies by key
+   destruction, except on suspension, which can be lifted;
 3. in the hub, removes the members from the project's group, stops their
    servers and revokes their API and OAuth tokens, retrying on the next
    sweep until the hub accepts every call;
@@ -70,7 +70,7 @@ _CAUSE_OF_STATUS = {
 
 @dataclass
 class RevocationReport:
-    """What one sweep did."""
+    """Summary of one sweep."""
 
     ended: list[str] = field(default_factory=list)
     """Projects marked as ended because their end date passed."""

@@ -1,7 +1,7 @@
 """The ethics service on loopback, signed in through a fake hub, for page tests.
 
 Each user gets a ``requests`` session carrying the service's login cookie
-for a token the fake hub knows, the way HubOAuth stores it after the OAuth
+for a token that the fake hub accepts, the way HubOAuth stores it after the OAuth
 flow. Forms are posted with the XSRF token taken from the page, as a
 browser does.
 """
@@ -93,7 +93,7 @@ class Browser:
 def running_service(catalog: Catalog, audit: AuditLog) -> Iterator[Service]:
     """Start a fake hub and the ethics service on free loopback ports."""
     # The hub runs on a loop of its own: HubOAuth identifies users with a
-    # blocking call made while the service's loop waits for the answer.
+    # blocking call made while the service's loop waits for the response.
     hub_loop, loop = LoopThread(), LoopThread()
     try:
         with running_fake_hub(hub_loop) as (hub, api_url):

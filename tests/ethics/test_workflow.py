@@ -284,7 +284,7 @@ def test_amendment_keeps_approved_scope_until_approved(
         with pytest.raises(PermissionDenied):
             projects.authorize_read(session, "alice", "icu-level4")
 
-    # Level 4 needs as many approvals as its rule asks; two reviewers here.
+    # Level 4 needs the approvals its rule sets: two by default.
     for reviewer in ("rev-li", "rev-zhao"):
         with ethics_catalog.session(immediate=True) as session:
             result = workflow.review_amendment(

@@ -3,8 +3,8 @@
 It implements the calls the ethics service makes: ``/user`` (who owns a
 token), groups and their members, users with their servers, and tokens. It
 keeps its state in memory and records every call, so a test can check what
-the service asked the hub to do. ``FakeHub.fail`` makes every call answer
-HTTP 503, as a hub that is down.
+the service asked the hub to do. ``FakeHub.fail`` makes every call fail
+with HTTP 503, like a hub that is down.
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ def test_end_date_ends_project(catalog: Catalog, audit: AuditLog) -> None:
 
     assert on_last_day.ended == []
     assert after.ended == ["gait-study"]
-    assert again.ended == [] and again.closed == []
+    assert again.ended == []
+    assert again.closed == []
     with catalog.session() as session:
         project = projects.get_project(session, "gait-study")
         assert project.status is ProjectStatus.ENDED
@@ -229,7 +230,8 @@ def test_hub_down_is_retried(
     hub.fail = False
     third = _sweep(catalog, audit, client)
 
-    assert first.pending == ["gait-study"] and "HTTP 503" in first.errors[0]
+    assert first.pending == ["gait-study"]
+    assert "HTTP 503" in first.errors[0]
     assert second.pending == ["gait-study"]
     assert third.pending == []
     assert hub.users["alice"].tokens == {}
