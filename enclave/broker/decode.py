@@ -28,6 +28,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Frames decoded ahead of an out-of-order request and held for the request
+# that skipped them: at most this many, and at most this many bytes.
+HELD_FRAMES = 64
+HELD_BYTES = 32 * 1024 * 1024
+
 
 class FrameSource:
     """Random access to the RGB frames of one decrypted asset.
@@ -50,7 +55,15 @@ class FrameSource:
 
 
 class VideoFrames(FrameSource):
-    """Frames of a video container, decoded by decord."""
+    """Frames of a video container, decoded by decord.
+
+    Dask fetches chunks from several threads, so chunk ``k + 1`` can arrive
+    before chunk ``k``. decord would then seek back to a key frame for chunk
+    ``k``, which for a long group of pictures means decoding the clip from
+    its start again. Instead, when a request starts a little ahead of the
+    decoder's position, the frames in between are decoded too and held for
+    the request that will ask for them.
+    """
 
     def __init__(self, plaintext: bytes) -> None:
         import decord
@@ -60,8 +73,9 @@ class VideoFrames(FrameSource):
         self._buffer = io.BytesIO(plaintext)
         self._reader = decord.VideoReader(self._buffer, ctx=decord.cpu(0))
         self.frame_count = len(self._reader)
-        first = self._reader[0].shape if self.frame_count else (0, 0, 3)
-        self.height, self.width = int(first[0]), int(first[1])
+        first = self._reader[0].asnumpy() if self.frame_count else None
+        shape = first.shape if first is not None else (0, 0, 3)
+        self.height, self.width = int(shape[0]), int(shape[1])
         self.fps = float(self._reader.get_avg_fps())
         if self.frame_count:
             stamps = self._reader.get_frame_timestamp(range(self.frame_count))
@@ -69,9 +83,30 @@ class VideoFrames(FrameSource):
         else:
             self.timestamps = np.zeros(0, dtype=np.float64)
 
+        # Frame that decord decodes next without seeking (after frame 0 above).
+        self._next_frame = 1
+        self._held: dict[int, np.ndarray] = {} if first is None else {0: first}
+        frame_bytes = max(1, self.height * self.width * 3)
+        self._max_held = min(HELD_FRAMES, HELD_BYTES // frame_bytes)
+
     def read(self, start: int, stop: int) -> np.ndarray:
-        batch = self._reader.get_batch(list(range(start, stop))).asnumpy()
-        return np.ascontiguousarray(batch, dtype=np.uint8)
+        wanted = range(start, stop)
+        if all(index in self._held for index in wanted):
+            return np.stack([self._held.pop(index) for index in wanted])
+
+        first = start
+        if 0 < start - self._next_frame <= self._max_held:
+            first = self._next_frame
+        batch = self._reader.get_batch(list(range(first, stop))).asnumpy()
+        self._next_frame = stop
+
+        # Hold the frames skipped over for this request; the oldest held
+        # frames go first, so memory stays within HELD_BYTES.
+        for offset in range(start - first):
+            self._held[first + offset] = batch[offset]
+        while len(self._held) > self._max_held:
+            del self._held[next(iter(self._held))]
+        return np.ascontiguousarray(batch[start - first :], dtype=np.uint8)
 
 
 class DicomFrames(FrameSource):
@@ -95,7 +130,7 @@ class DicomFrames(FrameSource):
         # pixel_array converts YBR_FULL and YBR_FULL_422 to RGB (raw=False).
         frames = pixel_array(dataset)
         if interpretation == "PALETTE COLOR":
-            frames = apply_color_lut(frames, dataset)
+            frames = _palette_to_rgb8(apply_color_lut(frames, dataset))
         frames = _as_rgb_frames(frames, int(dataset.get("NumberOfFrames", 1) or 1))
 
         self._frames = np.ascontiguousarray(frames, dtype=np.uint8)
@@ -106,6 +141,15 @@ class DicomFrames(FrameSource):
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return self._frames[start:stop].copy()
+
+
+def _palette_to_rgb8(frames: np.ndarray) -> np.ndarray:
+    # Palette entries are usually 16-bit (descriptor's third value 16); keep
+    # the high byte. Some writers declare 16 bits but store 8-bit values,
+    # which are kept as they are.
+    if frames.dtype == np.uint8 or int(frames.max(initial=0)) <= 255:
+        return frames.astype(np.uint8)
+    return (frames >> 8).astype(np.uint8)
 
 
 def _as_rgb_frames(frames: np.ndarray, frame_count: int) -> np.ndarray:
