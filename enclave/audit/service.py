@@ -33,7 +33,10 @@ from typing import Any
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from sqlalchemy import text
 
+from enclave.audit.log import AuditLog, load_audit_key
+from enclave.catalog.db import Catalog
 from enclave.config import Settings, load_settings
 from enclave.errors import AuditUnavailable, ValidationError
 
@@ -317,8 +320,6 @@ class _Collector:
             raise AuditUnavailable(f"{type(exc).__name__} while appending") from exc
 
     async def check_database(self) -> None:
-        from sqlalchemy import text
-
         def ping() -> None:
             with self.audit_log.catalog.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
@@ -358,8 +359,12 @@ def bind_socket(socket_path: Path) -> socket.socket:
 async def _serve_until_stopped(
     settings: Settings, socket_path: Path, max_code_bytes: int
 ) -> None:
-    from enclave.audit import AuditLog, load_audit_key
-    from enclave.catalog.db import Catalog
+    # Handle the signals before the socket exists, so that a SIGTERM sent as
+    # soon as the socket appears stops the collector cleanly.
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
 
     audit_log = AuditLog(
         Catalog(settings.db_url), load_audit_key(settings.audit_key_path)
@@ -372,10 +377,6 @@ async def _serve_until_stopped(
     server.add_sockets([bind_socket(socket_path)])
     logger.info("audit collector listening on %s", socket_path)
 
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopped.set)
     try:
         await stopped.wait()
     finally:

@@ -1,8 +1,8 @@
 """The enclave_server Jupyter Server extension: execution audit and download blocking.
 
-When the extension is linked (before the server creates its managers) it
-sets the server settings that the audit and the blocking depend on, whatever
-the user's own configuration files say: the audited kernel websocket
+When the extension is linked, before the server creates its managers, it
+sets the server settings that the audit and the blocking depend on. These
+values replace any from the user's own configuration files: the audited kernel websocket
 connection, the blocking contents manager, IPC transport for kernels, the
 locked-down kernel spec as the only kernel spec, and no terminals.
 """

@@ -57,7 +57,7 @@ class AuditClient:
         ------
         AuditUnavailable
             If the collector cannot be reached, does not reply in time or does
-            not store the event; the message says which.
+            not store the event. The message names the cause.
         """
         body = json.dumps(event).encode("utf-8")
         try:
@@ -98,11 +98,12 @@ class AuditClient:
             )
             writer.write(head.encode("ascii") + body)
             await writer.drain()
-            response = await reader.read(_MAX_RESPONSE_BYTES)
-            while chunk := await reader.read(_MAX_RESPONSE_BYTES):
-                response += chunk
-                if len(response) > _MAX_RESPONSE_BYTES:
+            response = b""
+            while len(response) <= _MAX_RESPONSE_BYTES:
+                chunk = await reader.read(_MAX_RESPONSE_BYTES)
+                if not chunk:
                     break
+                response += chunk
         finally:
             writer.close()
         return _parse_response(response)

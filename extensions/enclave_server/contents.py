@@ -21,15 +21,27 @@ from enclave.errors import AuditUnavailable
 from .audit_client import AuditClient, utc_timestamp
 from .download_policy import BlockedFile, DownloadPolicy
 
-__all__ = ["BlockingFileHandler", "EnclaveContentsManager", "record_blocked_download"]
+__all__ = [
+    "BlockingFileHandler",
+    "EnclaveContentsManager",
+    "forbidden",
+    "record_blocked_download",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def forbidden(message: str) -> web.HTTPError:
+    """Return an HTTP 403 error that shows ``message`` on HTML pages and in the API."""
+    # The API handlers send log_message as it is, and the page handlers format
+    # it with %, so it must not contain a lone % and cannot take arguments.
+    return web.HTTPError(403, message.replace("%", "%%"))
 
 
 async def record_blocked_download(
     client: AuditClient | None, blocked: BlockedFile, route: str
 ) -> None:
-    """Append a ``download.blocked`` event; a failure is logged, the block stands."""
+    """Append a ``download.blocked`` event, or log why it could not be appended."""
     if client is None:
         logger.error(
             "Blocked download of %r on %s was not audited: no audit collector is "
@@ -56,7 +68,7 @@ class EnclaveContentsManager(AsyncLargeFileManager):
     """The default file contents manager, minus the content of blocked files.
 
     Listings and metadata of blocked files are still returned, so they show up
-    in the file browser; only their content is refused with HTTP 403.
+    in the file browser. Only their content is rejected with HTTP 403.
     """
 
     download_policy = Instance(
@@ -99,7 +111,7 @@ class EnclaveContentsManager(AsyncLargeFileManager):
 
         self.log.warning("Blocked download of %r on the %s route", path, route)
         await record_blocked_download(self.audit_client, blocked, route)
-        raise web.HTTPError(403, "%s", blocked.message)
+        raise forbidden(blocked.message)
 
 
 class BlockingFileHandler(AuthenticatedFileHandler):
@@ -123,9 +135,7 @@ class BlockingFileHandler(AuthenticatedFileHandler):
         manager = self.contents_manager
         if not isinstance(manager, EnclaveContentsManager):
             # Fail closed: without the manager's policy nothing can be checked.
-            raise web.HTTPError(
-                403,
-                "%s",
+            raise forbidden(
                 "Downloads are disabled because the enclave contents manager is not "
                 "in use; set ServerApp.contents_manager_class to "
                 "enclave_server.contents.EnclaveContentsManager",

@@ -1,4 +1,4 @@
-"""Which files a researcher's server refuses to send to the browser.
+"""The policy of files that a researcher's server does not send to the browser.
 
 Video, DICOM and array files leave the enclave only through the airlock, so
 the single-user server does not serve them. A file is blocked when its name
@@ -151,9 +151,9 @@ def sniff_format(
     head: bytes, kinds: Iterable[FileKind] | None = None
 ) -> _Signature | None:
     """Return the signature that the leading bytes ``head`` match, or None."""
-    wanted = set(FileKind) if kinds is None else set(kinds)
+    selected = set(FileKind) if kinds is None else set(kinds)
     for signature in _SIGNATURES:
-        if signature.kind in wanted and signature.matches(head):
+        if signature.kind in selected and signature.matches(head):
             return signature
     return None
 

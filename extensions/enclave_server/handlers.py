@@ -12,7 +12,7 @@ from jupyter_server.nbconvert.handlers import NbconvertFileHandler, _format_rege
 from jupyter_server.view.handlers import ViewHandler
 from tornado import web
 
-from .contents import EnclaveContentsManager
+from .contents import EnclaveContentsManager, forbidden
 
 __all__ = ["BlockingNbconvertFileHandler", "BlockingViewHandler", "route_handlers"]
 
@@ -20,10 +20,8 @@ __all__ = ["BlockingNbconvertFileHandler", "BlockingViewHandler", "route_handler
 async def _check_download(handler: JupyterHandler, path: str, route: str) -> None:
     manager = handler.contents_manager
     if not isinstance(manager, EnclaveContentsManager):
-        raise web.HTTPError(
-            403,
-            "%s",
-            "The enclave contents manager is not in use, so files are not served",
+        raise forbidden(
+            "The enclave contents manager is not in use, so files are not served"
         )
     await manager.check_download(path, route=route)
 

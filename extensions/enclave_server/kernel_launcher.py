@@ -63,8 +63,8 @@ def _write_proc(name: str, text: str) -> None:
 
 def _bring_up_loopback() -> None:
     # The namespace's own loopback starts down. Bringing it up lets the kernel
-    # talk to its own child processes (a local Dask cluster, for example); it
-    # is not the host's loopback, so nothing outside the kernel is reachable.
+    # talk to its own child processes, such as a local Dask cluster. It is not
+    # the host's loopback, so nothing outside the kernel becomes reachable.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sh22x", b"lo", 0)
         flags = struct.unpack("16sh22x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]

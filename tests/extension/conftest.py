@@ -1,9 +1,9 @@
 """A real Jupyter server with the enclave_server extension, run as an enclave OS user.
 
-The module-scoped ``enclave_server`` fixture starts, in this order: an audit
-collector (as root, over a fresh SQLite catalog and audit key), an OS user
-``enc-t…``, and ``python -m jupyter_server`` as that user on 127.0.0.1 with
-the extension enabled and a folder of sample files as its root.
+The module-scoped ``enclave_server`` fixture first starts an audit collector
+as root, over a fresh SQLite catalog and audit key. It then creates an OS
+user ``enc-t…`` and runs ``python -m jupyter_server`` as that user on
+127.0.0.1, with the extension enabled and a folder of sample files as root.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def enclave_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enclave
             "JUPYTER_RUNTIME_DIR": str(runtime_dir),
             "JUPYTER_CONFIG_DIR": str(user.home / ".jupyter"),
             "JUPYTER_DATA_DIR": str(user.home / ".local/share/jupyter"),
-            # The repository's kernels/ folder holds the enclave-python spec.
+            # The repository's kernels/ folder contains the enclave-python spec.
             "JUPYTER_PATH": str(REPO_ROOT),
             "ENCLAVE_AUDIT_SOCKET": str(collector.socket_path),
             **extra_env,
@@ -184,7 +184,8 @@ def enclave_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enclave
             python,
             "-m",
             "jupyter_server",
-            "--ServerApp.jpserver_extensions={'enclave_server': True}",
+            "--ServerApp.jpserver_extensions=enclave_server=True",
+            "--ServerApp.reraise_server_extension_failures=True",
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0",

@@ -95,15 +95,16 @@ def runnable_by(user: OSUser, python: str) -> bool:
 def python_for(user: OSUser) -> tuple[str, dict[str, str]]:
     """Return an interpreter with this environment's packages that ``user`` can run.
 
-    The second item holds extra environment variables for that interpreter.
+    The second item contains extra environment variables for that interpreter.
     """
     if runnable_by(user, sys.executable):
         return sys.executable, {}
 
     # NOTE: a venv built from an interpreter under /root (pyenv) cannot be run
     # by other users. The system interpreter of the same minor version loads
-    # the same compiled packages, so it stands in, with the venv's packages
-    # and the source folders on PYTHONPATH (.pth files are not read there).
+    # the same compiled packages, so it replaces the venv's interpreter. The
+    # venv's packages and the source folders go on PYTHONPATH because .pth
+    # files are not read from there.
     system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     if not (os.path.exists(system) and runnable_by(user, system)):
         pytest.skip(

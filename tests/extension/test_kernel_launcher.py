@@ -1,0 +1,89 @@
+"""The kernel launcher isolates the network or refuses to start the kernel."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+from enclave_server import kernel_launcher
+
+
+@pytest.fixture
+def exec_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
+    return calls
+
+
+def test_unshare_failure_stops_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    exec_calls: list[list[str]],
+) -> None:
+    def fail(flags: int) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.delenv(kernel_launcher.ISOLATION_ENV, raising=False)
+    monkeypatch.setattr(kernel_launcher, "_unshare", fail)
+
+    status = kernel_launcher.main(["-f", "kernel.json"])
+
+    assert status == 1
+    assert exec_calls == []
+    error = capsys.readouterr().err
+    assert "the kernel was not started" in error
+    assert "unshare failed: Operation not permitted" in error
+    assert "ENCLAVE_KERNEL_ISOLATION=off" in error
+
+
+def test_isolation_off_starts_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    exec_calls: list[list[str]],
+) -> None:
+    monkeypatch.setenv(kernel_launcher.ISOLATION_ENV, "off")
+
+    status = kernel_launcher.main(["-f", "kernel.json"])
+
+    assert status == 0
+    assert exec_calls == [
+        [sys.executable, "-m", "ipykernel_launcher", "-f", "kernel.json"]
+    ]
+    assert "HAS network access" in capsys.readouterr().err
+
+
+def test_invalid_setting_stops_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    exec_calls: list[list[str]],
+) -> None:
+    monkeypatch.setenv(kernel_launcher.ISOLATION_ENV, "maybe")
+
+    status = kernel_launcher.main(["-f", "kernel.json"])
+
+    assert status == 2
+    assert exec_calls == []
+    assert "invalid ENCLAVE_KERNEL_ISOLATION='maybe'" in capsys.readouterr().err
+
+
+def test_isolated_process_has_only_loopback() -> None:
+    code = (
+        "import socket\n"
+        "from enclave_server.kernel_launcher import isolate_network\n"
+        "isolate_network()\n"
+        "print(sorted(name for _, name in socket.if_nameindex()))\n"
+        "try:\n"
+        "    socket.create_connection(('127.0.0.1', 5432), timeout=3)\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["['lo']", "ConnectionRefusedError"]
