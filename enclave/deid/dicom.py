@@ -2,9 +2,9 @@
 
 :func:`deidentify_dicom` applies the attribute table of the Basic Application
 Level Confidentiality Profile (see :mod:`enclave.deid.dicom_profile`) at every
-depth of nested sequences, removes private attributes that are not on the safe
-list, replaces UIDs consistently across the files of a study and masks
-burned-in text on every frame (see :mod:`enclave.deid.dicom_pixels`).
+depth of nested sequences. It removes private attributes that are not on the
+safe list and replaces UIDs consistently across the files of a study. Burned-in
+text is masked on every frame (see :mod:`enclave.deid.dicom_pixels`).
 
 Profiles differ only in how identifiers (Patient ID, Patient's Name, Accession
 Number, Study ID) and UIDs are replaced:
@@ -96,7 +96,7 @@ _DUMMY_BY_VR: dict[str, Any] = {
     "UV": 0,
 }
 
-# De-identification method codes (coding scheme DCM, PS3.16 CID 7050).
+# De-identification method codes of the DICOM coding scheme (DCM).
 _CODE_BASIC = ("113100", "Basic Application Confidentiality Profile")
 _CODE_CLEAN_PIXELS = ("113101", "Clean Pixel Data Option")
 _CODE_SAFE_PRIVATE = ("113111", "Retain Safe Private Option")
@@ -249,7 +249,7 @@ class _Replacer:
                 digest = self._hmac("uid", original)
                 replacement = f"2.25.{int.from_bytes(digest[:16], 'big')}"
             else:
-                # A UUID-derived UID under the 2.25 root, random for each study.
+                # A random UUID-derived UID under the 2.25 root.
                 replacement = generate_uid(prefix=None)
             self.map[original] = replacement
         return replacement
@@ -262,7 +262,7 @@ class _Replacer:
         if not value or value in ("id:", "name:"):
             return ""
 
-        # UIDs never contain ":", so these keys cannot collide with UID keys.
+        # Valid UIDs contain only digits and dots, so these keys differ from them.
         map_key = f"{scope}:{value}"
         replacement = self.map.get(map_key)
         if replacement is None:
@@ -295,8 +295,6 @@ class _AttributeCleaner:
 
     def clean(self, ds: Dataset, *, in_dummy_sequence: bool = False) -> None:
         for tag in list(ds.keys()):
-            if tag not in ds:
-                continue  # removed with its private block
             if tag.is_private:
                 self._clean_private(ds, tag)
                 continue
@@ -392,12 +390,12 @@ class _AttributeCleaner:
         if 0x0010 <= tag.element <= 0x00FF:
             # A private creator stays only while its block keeps an attribute.
             block = range((tag.element << 8), (tag.element << 8) + 0x100)
-            kept = any(
+            block_keeps_attribute = any(
                 BaseTag((tag.group << 16) | element) in ds
                 and self._is_safe(ds, BaseTag((tag.group << 16) | element))
                 for element in block
             )
-            if not kept:
+            if not block_keeps_attribute:
                 del ds[tag]
             return
         if self._is_safe(ds, tag):
@@ -455,7 +453,8 @@ def _write(ds: Dataset) -> bytes:
         ds.save_as(buffer, enforce_file_format=True)
     except Exception as exc:
         raise DeidentificationError(
-            f"the de-identified DICOM file could not be written ({exc}); "
+            "the de-identified DICOM file could not be written "
+            f"({type(exc).__name__}); "
             "nothing was released"
         ) from exc
     return buffer.getvalue()

@@ -9,7 +9,7 @@ transfer syntax that matches the input where an encoder is available:
 - RLE Lossless is encoded again with pydicom's RLE encoder;
 - 8-bit JPEG Baseline is encoded again with Pillow (a second lossy generation);
 - any other compressed input that can be decoded is stored as Explicit VR
-  Little Endian, and the report says so.
+  Little Endian, and the report notes the change.
 
 Pixel data whose text cannot be checked is quarantined: the functions raise
 :class:`~enclave.errors.DeidentificationError` and nothing is released.
@@ -228,6 +228,7 @@ def _mask_frames(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     photometric = details["photometric"]
     total = frames.shape[0]
+    counts_before = detector.counts
     # Every frame is checked in the residual pass, so the static search only
     # needs a handful of samples to find the overlays that stay in place.
     sample_every = max(1, total // 6)
@@ -275,7 +276,11 @@ def _mask_frames(
         "residual_threshold": residual_threshold,
         "residual_frames_checked": total,
         "residual_hits": 0,
-        "detector": detector.counts,
+        # The detector is shared, so its counters are reported as differences.
+        "detector": {
+            name: value - counts_before.get(name, 0)
+            for name, value in detector.counts.items()
+        },
     }
     logger.debug(
         "masked %d static and %d single-frame text regions on %d of %d frames",

@@ -2,7 +2,7 @@
 
 The table itself is data in ``dicom_basic_profile.toml`` next to this module:
 one action code per attribute keyword, taken from DICOM PS3.15 Annex E. This
-module loads it, maps keywords to tags, resolves the compound codes and holds
+module loads it, maps keywords to tags, resolves the compound codes and contains
 the rules for attributes that the table cannot list one by one.
 """
 
@@ -31,7 +31,7 @@ TABLE_FILE = "dicom_basic_profile.toml"
 
 
 class Action(StrEnum):
-    """What the profile does to one attribute."""
+    """Action code of the profile for one attribute."""
 
     DUMMY = "D"
     ZERO = "Z"

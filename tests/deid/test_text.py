@@ -168,12 +168,12 @@ def test_late_caption_extends_between_samples(detector):
 
 
 def test_residual_check_clean_after_masking(detector):
-    frames, _truth = render_video(12, late=(3, 8))
-    regions = find_static_text(frames, sample_every=5, detector=detector)
+    frames, _truth = render_video(8, late=(2, 5))
+    regions = find_static_text(frames, sample_every=4, detector=detector)
 
     masked = np.stack([mask_text(f, regions, i) for i, f in enumerate(frames)])
 
-    assert residual_text(frames, detector=detector, sample_every=4)
+    assert residual_text(frames, detector=detector, sample_every=7)
     assert residual_text(masked, detector=detector) == []
 
 
