@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import requests
 
-from enclave.hub.accounts import totp_code
 from enclave.hub.launch import Running
-from tests.fixtures.hub import LoginFailed, login, login_response, xsrf_headers
+from tests.fixtures.hub import (
+    LoginFailed,
+    fresh_totp,
+    login,
+    login_response,
+    xsrf_headers,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +91,7 @@ def test_discovery_lists_enclave_claims(hub: Running) -> None:
 def test_second_factor_login(hub: Running) -> None:
     secret = hub.accounts["grace"].totp_secret
     assert secret is not None
-    code = totp_code(secret)
+    code = fresh_totp(secret)
 
     session, wrong = login_response(
         hub, "grace", otp="000000" if code != "000000" else "111111"
