@@ -92,7 +92,7 @@ def test_other_user_cannot_open_server(
     page = open_server(hub, bob, "alice")
     api = bob.get(f"{hub.hub_url}/user/alice/api/contents", timeout=30)
 
-    # The hub's OAuth step refuses bob a login to alice's server.
+    # The hub's OAuth step rejects bob's login to alice's server.
     assert page.status_code == 403
     assert "/hub/api/oauth2/authorize" in page.url
     assert api.status_code == 403

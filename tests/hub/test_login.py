@@ -46,7 +46,7 @@ def test_login_unknown_user_rejected(hub: Running) -> None:
     assert not session.cookies.get("jupyterhub-hub-login", path="/hub/")
 
 
-def test_login_without_role_group_refused(hub: Running) -> None:
+def test_login_without_role_group_rejected(hub: Running) -> None:
     with pytest.raises(LoginFailed) as excinfo:
         login(hub, "mallory")
 
@@ -113,9 +113,9 @@ def test_second_factor_login(hub: Running) -> None:
     assert not session.cookies.get("jupyterhub-hub-login", path="/hub/")
 
 
-def test_mfa_group_without_second_factor_refused(hub: Running) -> None:
+def test_mfa_group_password_only_rejected(hub: Running) -> None:
     # heidi is a security administrator whose account has no TOTP secret,
-    # so the provider reports amr ["pwd"] and the hub turns her away.
+    # so the provider reports amr ["pwd"] and the hub rejects her.
     with pytest.raises(LoginFailed) as excinfo:
         login(hub, "heidi")
 
