@@ -420,3 +420,10 @@ def test_cli_reject_and_list_text(
     assert main(["project", "list", "--status", "rejected"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:3] == ["carphone-study", "rejected", "alice"]
+
+
+def test_cli_before_init(settings, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    status = main(["project", "list"])
+
+    assert status == 1
+    assert "run 'enclave init'" in capsys.readouterr().err

@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.errors import ConfigurationError
 
-__all__ = ["Catalog", "make_engine", "normalize_url"]
+__all__ = ["Catalog", "database_errors", "make_engine", "normalize_url"]
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +208,23 @@ def alembic_config() -> Any:
     # Percent signs would be read as interpolation by ConfigParser.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     return config
+
+
+@contextmanager
+def database_errors(url: str | URL) -> Iterator[None]:
+    """Turn a missing table or an unreachable server into a ConfigurationError.
+
+    For command-line tools: the message names the database (without its
+    password) and the usual fix. Other database errors pass unchanged.
+    """
+    try:
+        yield
+    except (OperationalError, ProgrammingError) as exc:
+        shown = normalize_url(url).render_as_string(hide_password=True)
+        cause = (
+            str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        )
+        raise ConfigurationError(
+            f"the catalog database {shown} cannot be used ({cause}); check "
+            "ENCLAVE_DB_URL, that the server is running, and run 'enclave init'"
+        ) from exc

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     verify = commands.add_parser("verify", help="check the hash chain")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
-    verify.set_defaults(func=_verify)
+    verify.set_defaults(func=_guarded, handler=_verify)
 
     listing = commands.add_parser("list", help="list audit records, oldest first")
     listing.add_argument("--actor", help="only records of this user")
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--limit", type=int, default=50, help="show the newest N records (default: 50)"
     )
     listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(func=_list)
+    listing.set_defaults(func=_guarded, handler=_list)
 
     serve = commands.add_parser(
         "serve",
@@ -57,6 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Unix socket to listen on (default: from settings)",
     )
     serve.set_defaults(func=_serve)
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    from enclave.catalog.db import database_errors
+
+    with database_errors(load_settings().db_url):
+        return int(args.handler(args))
 
 
 def _audit_log() -> Any:

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "show", help="show the rules of each level and the categories"
     )
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(func=_show)
+    show.set_defaults(func=_guarded, handler=_show)
 
     edit = commands.add_parser("set", help="change the rules of one level")
     edit.add_argument("level", type=int, choices=range(1, 6), help="level 1 to 5")
@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="who may access the level's video",
     )
     _add_actor(edit)
-    edit.set_defaults(func=_set)
+    edit.set_defaults(func=_guarded, handler=_set)
 
     reclassify = commands.add_parser(
         "reclassify",
@@ -108,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--reason", required=True, help="why it changed or was confirmed"
     )
     _add_actor(reclassify)
-    reclassify.set_defaults(func=_reclassify)
+    reclassify.set_defaults(func=_guarded, handler=_reclassify)
 
     review = commands.add_parser(
         "review", help="list assets whose classification is due for its yearly review"
@@ -117,7 +117,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--date", metavar="DATE", help="date of the check (default: today)"
     )
     review.add_argument("--json", action="store_true", help="print JSON")
-    review.set_defaults(func=_review)
+    review.set_defaults(func=_guarded, handler=_review)
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    from enclave.catalog.db import database_errors
+
+    with database_errors(load_settings().db_url):
+        return int(args.handler(args))
 
 
 def _add_actor(parser: argparse.ArgumentParser) -> None:

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--ethics", metavar="REF", help="ethics approval reference")
     create.add_argument("--consent", metavar="BASIS", help="legal basis of consent")
     _add_actor(create)
-    create.set_defaults(func=_create)
+    create.set_defaults(func=_guarded, handler=_create)
 
     for name, help_text in (
         ("submit", "submit a draft project for review (principal investigator)"),
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="why; required to reject or terminate, a comment when approving",
         )
         _add_actor(command)
-        command.set_defaults(func=_decide, decision=name)
+        command.set_defaults(func=_guarded, handler=_decide, decision=name)
 
     listing = commands.add_parser("list", help="list projects")
     listing.add_argument(
@@ -87,7 +87,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="only projects with this status",
     )
     listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(func=_list)
+    listing.set_defaults(func=_guarded, handler=_list)
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    from enclave.catalog.db import database_errors
+
+    with database_errors(load_settings().db_url):
+        return int(args.handler(args))
 
 
 def _add_actor(parser: argparse.ArgumentParser) -> None:

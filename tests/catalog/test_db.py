@@ -9,7 +9,7 @@ import sqlalchemy.exc
 import sqlalchemy.orm.exc
 from sqlalchemy import select, text
 
-from enclave.catalog.db import Catalog, normalize_url
+from enclave.catalog.db import Catalog, database_errors, normalize_url
 from enclave.catalog.models import (
     Asset,
     AssetKind,
@@ -251,3 +251,15 @@ def test_enum_stored_as_value(any_catalog: Catalog) -> None:
     with any_catalog.engine.connect() as connection:
         stored = connection.execute(text("SELECT category FROM assets")).scalar()
     assert stored == "monitoring"
+
+
+def test_database_errors_names_fix() -> None:
+    catalog = Catalog("postgresql://postgres:pw@127.0.0.1:1/enclave")
+
+    with pytest.raises(ConfigurationError, match="run 'enclave init'") as caught:
+        with database_errors(catalog.url):
+            with catalog.session() as session:
+                session.execute(text("SELECT 1"))
+
+    assert "pw" not in str(caught.value)
+    assert "127.0.0.1:1/enclave" in str(caught.value)
