@@ -1,8 +1,24 @@
 """Alembic environment of the catalog.
 
 ``Catalog.upgrade()`` passes an open connection in
-``config.attributes["connection"]``; the ``alembic`` command line instead
-reads the URL from ``sqlalchemy.url`` or the ``ENCLAVE_DB_URL`` variable.
+``config.attributes["connection"]``. Without one, the URL comes from the
+``sqlalchemy.url`` option or the ``ENCLAVE_DB_URL`` variable.
+
+To add a revision after changing the models, generate it against a database
+at the current head and then edit it by hand::
+
+    from alembic import command
+    from enclave.catalog.db import Catalog, alembic_config
+
+    catalog = Catalog("sqlite:////tmp/head.sqlite")
+    catalog.upgrade()
+    config = alembic_config()
+    with catalog.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.revision(config, message="Add ...", autogenerate=True, rev_id="0003")
+
+``tests/catalog/test_migrations.py`` checks on SQLite, PostgreSQL and
+MariaDB that the revisions create exactly the tables of the models.
 """
 
 from __future__ import annotations
