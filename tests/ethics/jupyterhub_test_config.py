@@ -1,4 +1,4 @@
-"""JupyterHub configuration of the browser test: the real hub and proxy with the ethics service.
+"""JupyterHub configuration of the browser test: real hub and proxy, ethics service.
 
 Users sign in with JupyterHub's ``DummyAuthenticator`` (one shared password)
 and get their roles from groups loaded at start-up. The ethics service runs

@@ -191,7 +191,8 @@ def test_apply_approve_accept_terminate(
             time.sleep(0.5)
         alice.goto(f"{hub.url}/services/ethics/")
         notice = alice.wait_for(
-            "document.querySelector('.notice') && document.querySelector('.notice').innerText"
+            "document.querySelector('.notice')"
+            " && document.querySelector('.notice').innerText"
         )
 
     assert REASON in notice
