@@ -97,6 +97,7 @@ def build_dicom(
     frame_of_reference: str,
     syntax: str = ExplicitVRLittleEndian,
     referenced_sop: str | None = None,
+    photometric: str | None = None,
 ) -> bytes:
     """Build an ultrasound multi-frame file with patient data everywhere."""
     color = frames.ndim == 4
@@ -164,13 +165,14 @@ def build_dicom(
     block.add_new(0x03, "SQ", Sequence([private_item]))
 
     ds.SamplesPerPixel = 3 if color else 1
-    ds.PhotometricInterpretation = "RGB" if color else "MONOCHROME2"
+    ds.PhotometricInterpretation = photometric or ("RGB" if color else "MONOCHROME2")
     if color:
         ds.PlanarConfiguration = 0
     ds.NumberOfFrames = frames.shape[0]
     ds.Rows, ds.Columns = frames.shape[1], frames.shape[2]
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
+    ds.BitsAllocated = frames.dtype.itemsize * 8
+    ds.BitsStored = 12 if frames.dtype == np.uint16 else 8
+    ds.HighBit = ds.BitsStored - 1
     ds.PixelRepresentation = 0
 
     ds.file_meta = FileMetaDataset()
@@ -388,6 +390,29 @@ def test_burned_in_text_masked_compressed(syntax, color):
     assert output.BurnedInAnnotation == "NO"
     assert_text_masked(output, frames, boxes)
     assert result.report["pixels"]["transfer_syntax_out"] == syntax
+
+
+def test_monochrome1_12_bit_text_masked():
+    frames, boxes = render_frames(2, color=False)
+    # 12-bit MONOCHROME1: the display inverts, so white text is stored as 0.
+    stored = (4095 - frames.astype(np.uint16) * 16).astype(np.uint16)
+    data = build_dicom(
+        stored,
+        study_uid=generate_uid(),
+        frame_of_reference=generate_uid(),
+        photometric="MONOCHROME1",
+    )
+
+    result = deidentify_dicom(data, "baseline")
+
+    output = read(result.data)
+    assert output.PhotometricInterpretation == "MONOCHROME1"
+    assert output.BitsStored == 12
+    pixels = output.pixel_array
+    for (x0, y0, x1, y1), index in boxes:
+        text = frames[index, y0:y1, x0:x1] > 200
+        # Black on a MONOCHROME1 display is the highest stored value.
+        assert (pixels[index, y0:y1, x0:x1][text] >= 4095 - 50 * 16).all(), index
 
 
 def test_report_contains_no_identifier(study):
