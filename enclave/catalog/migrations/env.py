@@ -26,10 +26,19 @@ from __future__ import annotations
 from alembic import context
 
 from enclave.catalog.db import make_engine
-from enclave.catalog.models import Base
+from enclave.catalog.models import Base, UTCDateTime
 from enclave.config import load_settings
 
 target_metadata = Base.metadata
+
+
+def _render_item(type_, obj, autogen_context):  # type: ignore[no-untyped-def]
+    # Revisions must not import the models, which change after the revision
+    # is written, so render the UTC time stamp type with plain SQLAlchemy types.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        autogen_context.imports.add("from sqlalchemy.dialects import mysql")
+        return 'sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")'
+    return False
 
 
 def _configure(connection) -> None:  # type: ignore[no-untyped-def]
@@ -37,6 +46,7 @@ def _configure(connection) -> None:  # type: ignore[no-untyped-def]
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        render_item=_render_item,
         # SQLite alters a table by copying it; later revisions need this.
         render_as_batch=connection.dialect.name == "sqlite",
     )
