@@ -167,7 +167,7 @@ def wait_for_path(path: Path, process: subprocess.Popen, timeout: float = 30) ->
 
 
 class Collector:
-    """A running audit collector process (``python -m enclave.audit.service``)."""
+    """A running audit collector process (``enclave audit serve``)."""
 
     def __init__(self, env: Mapping[str, str], run_dir: Path) -> None:
         self.env = dict(env)
@@ -177,7 +177,14 @@ class Collector:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "enclave.audit.service"],
+            [
+                sys.executable,
+                "-c",
+                "from enclave.cli import main; raise SystemExit(main())",
+                "--log-level=INFO",
+                "audit",
+                "serve",
+            ],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

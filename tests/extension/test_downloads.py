@@ -6,6 +6,7 @@ import base64
 import html
 
 import pytest
+import requests
 
 from tests.extension.conftest import EnclaveServer
 
@@ -33,14 +34,20 @@ def test_files_route_blocks(enclave_server: EnclaveServer, path: str) -> None:
 
     response = enclave_server.get(f"/files/{path}")
     download = enclave_server.get(f"/files/{path}", params={"download": "1"})
+    head = requests.head(
+        f"{enclave_server.base_url}/files/{path}",
+        headers={"Authorization": f"token {enclave_server.token}"},
+        timeout=60,
+    )
 
     assert response.status_code == 403
     assert download.status_code == 403
+    assert head.status_code == 403
     page = html.unescape(response.text)
     assert f"Download of {path!r} is blocked" in page
     assert BLOCKED[path] in page
     events = blocked_events(enclave_server, path, "files")
-    assert len(events) == before + 2
+    assert len(events) == before + 3
     assert events[-1].actor == enclave_server.hub_user
     assert events[-1].outcome == "denied"
     assert events[-1].detail["reason"] == BLOCKED[path]

@@ -178,3 +178,29 @@ def test_only_enclave_kernel_spec(enclave_server: EnclaveServer) -> None:
 
 def test_terminals_disabled(enclave_server: EnclaveServer) -> None:
     assert enclave_server.get("/api/terminals").status_code == 404
+
+
+def test_isolated_kernel_interrupt_and_restart(
+    enclave_server: EnclaveServer, kernel_id: str
+) -> None:
+    # The server signals the kernel across the user namespace boundary.
+    client = KernelClient(
+        enclave_server.base_url, enclave_server.token, kernel_id, "v1"
+    )
+    msg_id = client.send("execute_request", {"code": "import time; time.sleep(60)"})
+    time.sleep(2)
+
+    interrupt = enclave_server.post(f"/api/kernels/{kernel_id}/interrupt", {})
+    interrupted = client.wait_for(msg_id, "execute_reply", timeout=30)
+    restart = enclave_server.post(f"/api/kernels/{kernel_id}/restart", {})
+    client.close()
+
+    assert interrupt.status_code == 204
+    assert interrupted.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert restart.status_code == 200
+    client = KernelClient(
+        enclave_server.base_url, enclave_server.token, kernel_id, "v1"
+    )
+    result = client.execute("import socket; print(len(socket.if_nameindex()))")
+    client.close()
+    assert result.stdout == "1\n"
