@@ -12,6 +12,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels import convert_color_space
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -390,6 +391,25 @@ def test_burned_in_text_masked_compressed(syntax, color):
     assert output.BurnedInAnnotation == "NO"
     assert_text_masked(output, frames, boxes)
     assert result.report["pixels"]["transfer_syntax_out"] == syntax
+
+
+def test_ybr_full_native_text_masked():
+    frames, boxes = render_frames(2, color=True)
+    ybr = convert_color_space(frames, "RGB", "YBR_FULL")
+    data = build_dicom(
+        ybr,
+        study_uid=generate_uid(),
+        frame_of_reference=generate_uid(),
+        photometric="YBR_FULL",
+    )
+
+    result = deidentify_dicom(data, "baseline")
+
+    output = read(result.data)
+    # pydicom decodes YCbCr as RGB, and the cleaned pixels are stored as RGB.
+    assert output.PhotometricInterpretation == "RGB"
+    assert output.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert_text_masked(output, frames, boxes)
 
 
 def test_monochrome1_12_bit_text_masked():
