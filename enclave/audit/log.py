@@ -86,30 +86,39 @@ OUTCOMES = ("success", "denied", "failure")
 
 DETAIL_SCHEMAS: dict[str, dict[str, str]] = {
     "asset.ingest": {
-        "category": "category of the asset (diagnosis, nursing, monitoring, teaching)",
+        "asset_id": "id of the stored asset",
+        "kind": "source or derivative",
+        "name": "base name of the ingested file, without its folder",
+        "category": "diagnosis, nursing, monitoring or teaching",
         "level": "level 1 to 5",
         "media_type": "video or dicom",
-        "plaintext_sha256": "SHA-256 of the stored file, hex",
         "plaintext_size": "size of the stored file in bytes",
+        "plaintext_sha256": "SHA-256 of the stored file, hex",
+        "stored_size": "size of the ciphertext in bytes",
+        "probe": "container, codec, size, frame rate and duration found by the probe",
+        "consent_ref": "consent reference, or None",
+        "ethics_ref": "ethics approval reference, or None",
+        "source_id": "id of the source asset of a derivative, or None",
+        "profile": "de-identification profile of a derivative, or None",
     },
     "asset.destroy": {
-        "reason": "why the asset was destroyed (retention ended, study ended)",
         "blob_id": "id of the deleted ciphertext",
     },
     "asset.reclassify": {
         "old": "previous {'category': ..., 'level': ...}",
         "new": "new {'category': ..., 'level': ...}",
-        "reason": "why the classification changed or was confirmed",
     },
     "dataset.derive": {
         "profile": "de-identification profile",
         "sources": "ids of the source assets",
         "items": "number of derivatives in the dataset",
+        "derivatives": "ids of the derivative assets",
+        "projects": "on denial: the projects that make the actor ineligible",
     },
     "project.create": {
         "title": "project title",
         "pi": "principal investigator",
-        "members": "user names of the members",
+        "members": "user names of the other members",
         "datasets": "names of the requested datasets",
         "starts_on": "ISO date",
         "ends_on": "ISO date",
@@ -120,24 +129,34 @@ DETAIL_SCHEMAS: dict[str, dict[str, str]] = {
         "approvals": "number of approvals recorded so far",
         "required": "number of approvals the project's levels require",
     },
-    "project.reject": {"status": "status after the change", "reason": "free text"},
-    "project.terminate": {"status": "status after the change", "reason": "free text"},
+    "project.reject": {"status": "status after the change"},
+    "project.terminate": {"status": "status after the change"},
+    "data.list": {
+        "datasets": "number of datasets listed",
+        "items": "number of items of the dataset described",
+    },
     "data.read": {
         "path": "item path inside the dataset, e.g. clips/0001",
-        "frames": "frame indices or range that were sent",
+        "frames": "[start, stop) of the frames that were sent",
     },
-    "data.list": {"items": "number of items listed"},
     "cell.execute": {
         "kernel_id": "kernel that ran the cell",
-        "code_sha256": "SHA-256 of the cell source, hex",
         "code": "the cell source",
+        "code_sha256": "SHA-256 of the cell source, hex",
+        "client_at": "time the researcher's server reported",
+        "pid": "process id of the reporting server",
     },
     "level.update": {
         "old": "previous values of the changed fields",
         "new": "new values of the changed fields",
     },
 }
-"""The keys of ``detail`` for each action. Extra keys are stored as given."""
+"""Keys of ``detail`` for each action.
+
+Every ``denied`` or ``failure`` record and every decision that needs one
+also carries ``reason``, a short text. Keys not listed here are stored as
+given, after scrubbing.
+"""
 
 ACTIONS = tuple(DETAIL_SCHEMAS)
 """The actions the enclave records; other ``noun.verb`` names are accepted too."""
@@ -145,11 +164,17 @@ ACTIONS = tuple(DETAIL_SCHEMAS)
 NOT_CAPTURED = (
     "passwords, OAuth and API tokens, cookies and session secrets",
     "key material: master keys, data keys (wrapped or not), the audit key",
-    "patient identifiers: names, medical record numbers, national id numbers, "
-    "dates of birth, addresses, phone numbers",
+    "patient identifiers as fields: names, medical record numbers, national id "
+    "numbers, dates of birth, addresses, phone numbers",
     "video frames, images and the contents of files",
 )
-"""Kinds of data the audit trail never records, whichever component writes to it."""
+"""Kinds of data the audit trail does not record.
+
+Fields named in :data:`SCRUBBED_KEYS` are scrubbed here, whichever component
+writes. Frames and file contents are never passed to :meth:`AuditLog.append`.
+"""
+# NOTE: free text is stored as given: file names, reasons, cell sources. A
+# patient's name typed into one of them reaches the trail.
 
 SCRUBBED_KEYS = frozenset(
     {
