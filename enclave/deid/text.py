@@ -282,6 +282,9 @@ def _load_engine():
 
         # The detector resizes frames itself; a large limit of type "max" makes
         # the engine only round the sides to multiples of 32.
+        # NOTE: TextDetector calls the engine's text_det, get_crop_img_list and
+        # text_rec members (rapidocr_onnxruntime 1.4.4), which are not a
+        # documented API and may change in other versions.
         return RapidOCR(det_limit_type="max", det_limit_side_len=100_000)
     except Exception as exc:
         raise DeidentificationError(
