@@ -254,7 +254,7 @@ def measure_as(
 
 
 def measure(plaintext: Path, rounds: int, chunk_frames: int) -> dict:
-    """Run the paired loop in this process; runs as the throwaway hub user."""
+    """Run the paired loop in this process, as the throwaway hub user."""
     import decord
     import numpy as np
 
