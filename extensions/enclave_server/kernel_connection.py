@@ -106,7 +106,7 @@ class AuditedKernelWebsocketConnection(ZMQChannelsWebsocketConnection):
         try:
             request = self._parse(incoming_msg)
             code = code_of_request(request)
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        except (LookupError, TypeError, ValueError) as exc:
             # Upstream would raise on this message too; dropping it keeps a
             # message that cannot be checked away from the kernel.
             self.log.warning(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
 
 from tests.extension.conftest import EnclaveServer
 from tests.extension.kernel_client import KernelClient
@@ -204,3 +206,23 @@ def test_isolated_kernel_interrupt_and_restart(
     result = client.execute("import socket; print(len(socket.if_nameindex()))")
     client.close()
     assert result.stdout == "1\n"
+
+
+def test_malformed_request_dropped(
+    enclave_server: EnclaveServer, client: KernelClient
+) -> None:
+    side_effect = enclave_server.root_dir / f"ran-{uuid.uuid4().hex}"
+    header = {"msg_type": "execute_request", "session": client.session_id}
+    content = {"code": f"open({str(side_effect)!r}, 'w').close()", "silent": False}
+    if client.protocol == "v1":
+        parts = [json.dumps(part).encode() for part in (header, {}, {}, content)]
+        client.ws.send_binary(serialize_msg_to_ws_v1(parts, "shell"))
+    else:
+        message = {"header": header, "parent_header": {}, "metadata": {}}
+        client.ws.send(json.dumps({**message, "content": content, "channel": "shell"}))
+
+    # A well-formed request after it still runs, and the dropped one did not.
+    assert client.execute("print('after')").stdout == "after\n"
+    time.sleep(1)
+    assert not side_effect.exists()
+    assert "Dropped a malformed message" in enclave_server.server_log()
