@@ -163,7 +163,11 @@ def close_access(
 
 
 def reopen_access(session: Session, project: Project) -> None:
-    """Mark the open suspensions of ``project`` as lifted."""
+    """Mark the open suspensions of ``project`` as lifted and dismiss their notices.
+
+    A suspension whose hub revocation is still pending is not revoked
+    afterwards, so resuming a project never logs its members out.
+    """
     now = utcnow()
     for closure in session.scalars(
         select(AccessClosure).where(
@@ -173,6 +177,14 @@ def reopen_access(session: Session, project: Project) -> None:
         )
     ):
         closure.reopened_at = now
+    for notice in session.scalars(
+        select(AccessNotice).where(
+            AccessNotice.project_id == project.id,
+            AccessNotice.cause == ClosureCause.SUSPENDED,
+            AccessNotice.dismissed_at.is_(None),
+        )
+    ):
+        notice.dismissed_at = now
 
 
 def end_expired_projects(
@@ -288,7 +300,10 @@ async def _revoke_pending(
             )
             for closure in session.scalars(
                 select(AccessClosure)
-                .where(AccessClosure.hub_revoked_at.is_(None))
+                .where(
+                    AccessClosure.hub_revoked_at.is_(None),
+                    AccessClosure.reopened_at.is_(None),
+                )
                 .order_by(AccessClosure.id)
             )
         ]
@@ -422,7 +437,8 @@ async def run_revocation(
                     closure.project.name
                     for closure in session.scalars(
                         select(AccessClosure).where(
-                            AccessClosure.hub_revoked_at.is_(None)
+                            AccessClosure.hub_revoked_at.is_(None),
+                            AccessClosure.reopened_at.is_(None),
                         )
                     )
                 }

@@ -260,3 +260,26 @@ def test_resumed_project_is_granted_again(
     _sweep(catalog, audit, client)
 
     assert "alice" in hub.groups[project_group("gait-study")]
+
+
+def test_resume_before_hub_revocation(
+    catalog: Catalog, audit: AuditLog, fake_hub: tuple[FakeHub, HubClient]
+) -> None:
+    # A suspension lifted while the hub was down must not log members out later.
+    hub, client = fake_hub
+    _approved(catalog, audit)
+    hub.add_user("alice")
+    with catalog.session(immediate=True) as session:
+        workflow.suspend(session, audit, "gait-study", actor="heidi", reason="alert")
+    with catalog.session(immediate=True) as session:
+        workflow.resume(
+            session, audit, "gait-study", actor="heidi", reason="false alarm"
+        )
+
+    report = _sweep(catalog, audit, client)
+
+    assert report.revoked == []
+    assert hub.users["alice"].tokens != {}
+    with catalog.session() as session:
+        notices = session.scalars(select(AccessNotice)).all()
+        assert [n.dismissed_at is not None for n in notices] == [True, True]
