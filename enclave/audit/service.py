@@ -21,7 +21,6 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-import os
 import pwd
 import signal
 import socket
@@ -38,7 +37,7 @@ from sqlalchemy import text
 from enclave.audit.log import AuditLog, load_audit_key
 from enclave.catalog.db import Catalog
 from enclave.config import Settings, load_settings
-from enclave.errors import AuditUnavailable, ValidationError
+from enclave.errors import AuditUnavailable, ConfigurationError, ValidationError
 
 __all__ = [
     "EVENT_SOURCE",
@@ -349,11 +348,24 @@ def bind_socket(socket_path: Path) -> socket.socket:
             "reach the audit collector",
             socket_path.parent,
         )
-    sock = tornado.netutil.bind_unix_socket(str(socket_path), mode=0o666)
-    # bind_unix_socket applies the mode with chmod after bind; repeat it in
-    # case the umask removed bits between the two calls.
-    os.chmod(socket_path, 0o666)
-    return sock
+    if _is_listening(socket_path):
+        raise ConfigurationError(
+            f"another process is already listening on {socket_path}; stop the "
+            "other audit collector or pass a different socket path"
+        )
+    # tornado removes a stale socket file, binds and then chmods the path.
+    return tornado.netutil.bind_unix_socket(str(socket_path), mode=0o666)
+
+
+def _is_listening(socket_path: Path) -> bool:
+    if not socket_path.is_socket():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(socket_path))
+        except OSError:
+            return False
+    return True
 
 
 async def _serve_until_stopped(

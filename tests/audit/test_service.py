@@ -7,6 +7,8 @@ import os
 import socket
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -252,3 +254,24 @@ def test_validate_event_keeps_optional_fields() -> None:
     assert validate_event(event) == event
     with pytest.raises(EventRejected, match="invalid field 'channel'"):
         validate_event(cell_event(channel=3))
+
+
+def test_second_collector_rejected(collector) -> None:
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from enclave.cli import main; raise SystemExit(main())",
+            "audit",
+            "serve",
+        ],
+        env=collector.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert second.returncode == 1
+    assert "another process is already listening" in second.stderr
+    assert collector.process.poll() is None
+    assert collector.socket_path.is_socket()
