@@ -42,9 +42,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -222,6 +222,8 @@ _FIELD_LIMITS = {
     "dataset": 128,
 }
 _HEAD_TAG_PREFIX = b"enclave-audit-head\x00"
+_EVENTS = cast(Table, AuditEvent.__table__)
+_HEAD = cast(Table, AuditHead.__table__)
 
 
 def _is_scrubbed(key: str) -> bool:
@@ -434,8 +436,8 @@ class AuditLog:
                 yield connection
 
     def _append_on(self, connection: Connection, event: AuditEvent) -> None:
-        head_table = AuditHead.__table__
-        events_table = AuditEvent.__table__
+        head_table = _HEAD
+        events_table = _EVENTS
         if connection.dialect.name == "sqlite":
             # A write takes SQLite's database lock at once, also inside a
             # deferred transaction, so no other writer can interleave.
@@ -490,7 +492,7 @@ class AuditLog:
         # re-tag the head and hide the damage from verify().
         if head_seq == 0 and head_hash == GENESIS_HASH:
             return GENESIS_HASH
-        events_table = AuditEvent.__table__
+        events_table = _EVENTS
         tip = connection.execute(
             select(events_table.c.chain_hash).where(events_table.c.seq == head_seq)
         ).scalar_one_or_none()
@@ -667,7 +669,7 @@ class AuditLog:
 
 
 def _iter_events(connection: Connection, batch_size: int) -> Iterator[Any]:
-    table = AuditEvent.__table__
+    table = _EVENTS
     last_seq = 0
     while True:
         rows = connection.execute(

@@ -263,7 +263,7 @@ def _review(args: argparse.Namespace) -> int:
     today = parse_date(args.date, "date") if args.date else dt.date.today()
     catalog = Catalog(load_settings().db_url)
     with catalog.session() as session:
-        due = [
+        due: list[dict[str, Any]] = [
             {
                 "asset": asset.id,
                 "level": asset.level,
