@@ -402,3 +402,101 @@ def test_amendment_through_the_page(service: Service, catalog: Catalog) -> None:
             m.username for m in projects.get_project(session, "gait-study").members
         }
     assert "carol" in members
+
+
+def test_agreement_by_outsider_refused(service: Service, audit_log: AuditLog) -> None:
+    alice = service.browser("alice", "researchers")
+    assert _apply(alice, datasets=["teaching-clips"]).status_code == 302
+    assert (
+        _vote(service.browser("rev-li", "ethics-committee"), "approve").status_code
+        == 302
+    )
+    # A committee member may read the project but is not a member of it.
+    carol = service.browser("carol", "ethics-committee")
+
+    response = carol.post(
+        "projects/gait-study/agreement",
+        {"accept": "yes", "language": "en"},
+        xsrf_from="apply",
+    )
+
+    assert response.status_code == 403
+    assert audit_log.events()[-1].outcome == "denied"
+
+
+def test_amendment_of_other_project_not_found(
+    service: Service, catalog: Catalog
+) -> None:
+    alice = service.browser("alice", "researchers")
+    assert _apply(alice, datasets=["teaching-clips"]).status_code == 302
+    assert (
+        _apply(alice, name="other-study", datasets=["teaching-clips"]).status_code
+        == 302
+    )
+    committee = service.browser("rev-li", "ethics-committee")
+    for name in ("gait-study", "other-study"):
+        assert _vote(committee, "approve", name=name).status_code == 302
+    asked = alice.post(
+        "projects/other-study/amend",
+        {"add_members": "carol", "reason": "help"},
+        xsrf_from="projects/other-study/amend",
+    )
+    assert asked.status_code == 302
+
+    # The amendment belongs to other-study, not to gait-study.
+    response = service.browser("rev-zhao", "ethics-committee").post(
+        "projects/gait-study/amendments/1/review",
+        {"decision": "approve"},
+        xsrf_from="apply",
+    )
+
+    assert response.status_code == 404
+    with catalog.session() as session:
+        members = {
+            m.username for m in projects.get_project(session, "other-study").members
+        }
+    assert "carol" not in members
+
+
+def test_notice_of_other_user_not_found(service: Service) -> None:
+    alice = service.browser("alice", "researchers")
+    assert _apply(alice, datasets=["teaching-clips"]).status_code == 302
+    assert (
+        _vote(service.browser("rev-li", "ethics-committee"), "approve").status_code
+        == 302
+    )
+    heidi = service.browser("heidi", "security-admins")
+    assert (
+        heidi.post(
+            "projects/gait-study/suspend",
+            {"reason": "alert"},
+            xsrf_from="projects/gait-study",
+        ).status_code
+        == 302
+    )
+
+    mallory = service.browser("mallory", "researchers")
+    response = mallory.post("notices/1/dismiss", {}, xsrf_from="apply")
+
+    assert response.status_code == 404
+    assert "paused" in alice.get().text
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["projects/..%2F..%2Fhub", "projects/GAIT", "projects/gait-study/approve"],
+)
+def test_odd_paths_not_found(service: Service, path: str) -> None:
+    alice = service.browser("alice", "researchers")
+
+    assert alice.get(path).status_code == 404
+
+
+def test_injected_dataset_name_is_unknown(service: Service, catalog: Catalog) -> None:
+    alice = service.browser("alice", "researchers")
+
+    response = _apply(alice, datasets=["ward-clips' OR '1'='1"])
+
+    assert response.status_code == 400
+    assert "does not exist" in response.text
+    assert _count_projects(catalog) == 0
