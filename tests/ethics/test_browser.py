@@ -64,7 +64,7 @@ def _wait_for_url(url: str, process: subprocess.Popen[bytes], log: Path) -> None
         except requests.ConnectionError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer: {log.read_text()[-3000:]}")
+    raise TimeoutError(f"{url} did not respond: {log.read_text()[-3000:]}")
 
 
 @pytest.fixture

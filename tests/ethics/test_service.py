@@ -436,12 +436,12 @@ def test_amendment_of_other_project_not_found(
     committee = service.browser("rev-li", "ethics-committee")
     for name in ("gait-study", "other-study"):
         assert _vote(committee, "approve", name=name).status_code == 302
-    asked = alice.post(
+    requested = alice.post(
         "projects/other-study/amend",
         {"add_members": "carol", "reason": "help"},
         xsrf_from="projects/other-study/amend",
     )
-    assert asked.status_code == 302
+    assert requested.status_code == 302
 
     # The amendment belongs to other-study, not to gait-study.
     response = service.browser("rev-zhao", "ethics-committee").post(
