@@ -128,7 +128,7 @@ class EnclaveSpawner(LocalProcessSpawner):
         if entry.pw_uid == 0 or entry.pw_gid == 0:
             raise PermissionError(
                 f"OS user {self.os_username!r} is privileged (uid {entry.pw_uid}); "
-                "refusing to start a server as root"
+                "a server must not run as root"
             )
         await asyncio.to_thread(ensure_runtime_dir, Path(self.runtime_root), entry)
         self.log.info(
