@@ -156,6 +156,11 @@ def test_kernel_has_no_network(enclave_server: EnclaveServer, kernel_id: str) ->
             "    print('failed', type(exc).__name__)\n"
             "print(sorted(name for _, name in socket.if_nameindex()))\n"
             "print(os.getuid())\n"
+            # Unix sockets, the way to the broker, work across the namespace.
+            "unix = socket.socket(socket.AF_UNIX)\n"
+            f"unix.connect({str(enclave_server.collector.socket_path)!r})\n"
+            "unix.sendall(b'GET /health HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n')\n"
+            "print(unix.recv(12).decode())\n"
         )
         result = client.execute(code)
         listener.settimeout(0.5)
@@ -167,6 +172,7 @@ def test_kernel_has_no_network(enclave_server: EnclaveServer, kernel_id: str) ->
     assert lines[0] == "failed ConnectionRefusedError"
     assert lines[1] == "['lo']"
     assert lines[2] == str(enclave_server.user.uid)
+    assert lines[3] == "HTTP/1.1 200"
 
 
 def test_only_enclave_kernel_spec(enclave_server: EnclaveServer) -> None:
