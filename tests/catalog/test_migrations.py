@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, Table, inspect
@@ -56,3 +58,14 @@ def test_comparison_sees_a_difference(db_url: str) -> None:
     catalog.dispose()
 
     assert [entry[0] for entry in diff] == ["add_table"]
+
+
+def test_migrations_are_package_data() -> None:
+    # Packages are what setuptools puts in a wheel, so an installed enclave
+    # finds its migration scripts next to its code.
+    scripts = resources.files("enclave.catalog.migrations")
+
+    assert scripts.joinpath("env.py").is_file()
+    assert scripts.joinpath("script.py.mako").is_file()
+    assert scripts.joinpath("versions", "0001_initial.py").is_file()
+    assert resources.files("enclave.catalog.migrations.versions").is_dir()
