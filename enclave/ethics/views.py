@@ -266,7 +266,9 @@ def project_view(session: Session, name: str, viewer: Viewer) -> ProjectView | N
         review_round=review_round,
         conditions=record.conditions if record else "",
         required=projects.required_approvals(session, project),
-        approvals=sum(ReviewDecision(r.decision) in APPROVING for r in current),
+        # The approval rows of enclave.projects, which also counts approvals
+        # given with `enclave project approve`. A request for changes clears them.
+        approvals=len(project.approvals),
         end_reason=project.end_reason,
         reviews=reviews,
         amendments=amendments,

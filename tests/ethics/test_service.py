@@ -294,6 +294,9 @@ def test_full_review_agreement_and_termination(
     for reviewer in ("rev-li", "rev-zhao"):
         committee = service.browser(reviewer, "ethics-committee")
         assert _vote(committee, "approve").status_code == 302
+        if reviewer == "rev-li":
+            waiting = alice.get("projects/gait-study").text
+            assert "Round 1: 1 of 2 approvals needed." in waiting
 
     page = alice.get("projects/gait-study")
     assert 'data-status="approved"' in page.text
