@@ -12,7 +12,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tornado import httpserver, netutil, web
+from tornado import httpserver, ioloop, netutil, web
 
 from enclave.broker.handlers import (
     DatasetHandler,
@@ -107,6 +107,20 @@ async def run_broker(
     server.add_socket(sock)
     log.info("broker listening on %s", manager.config.socket_path)
 
+    async def evict_destroyed() -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                executor, manager.evict_destroyed
+            )
+        except Exception:
+            # The next check retries; requests check data keys regardless.
+            log.exception("check for destroyed assets failed")
+
+    checker = ioloop.PeriodicCallback(
+        evict_destroyed, 1000 * manager.config.destroyed_check_interval_s
+    )
+    checker.start()
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -114,6 +128,7 @@ async def run_broker(
     await stop.wait()
 
     log.info("broker stopping")
+    checker.stop()
     server.stop()
     await server.close_all_connections()
     executor.shutdown(wait=True, cancel_futures=True)

@@ -9,6 +9,7 @@ __all__ = [
     "DECODER_CACHE_BYTES",
     "DECODER_CACHE_ENTRIES",
     "DECODE_THREADS",
+    "DESTROYED_CHECK_INTERVAL_S",
     "MAX_BYTES_PER_REQUEST",
     "MAX_FRAMES_PER_REQUEST",
     "BrokerConfig",
@@ -32,6 +33,10 @@ DECODER_CACHE_ENTRIES = 8
 # kept even when it alone is larger.
 DECODER_CACHE_BYTES = 1024 * 1024 * 1024
 
+# Seconds between checks that drop destroyed assets from the decoder cache,
+# so that plaintext does not outlive its data key in memory for longer.
+DESTROYED_CHECK_INTERVAL_S = 60
+
 # Threads that decrypt, decode and query the catalog, so that the IOLoop
 # keeps accepting requests while frames decode.
 DECODE_THREADS = 4
@@ -53,3 +58,5 @@ class BrokerConfig:
     """Plaintext bytes the decoder cache may hold."""
     decode_threads: int = DECODE_THREADS
     """Worker threads for decryption, decoding and catalog queries."""
+    destroyed_check_interval_s: float = DESTROYED_CHECK_INTERVAL_S
+    """Seconds between checks that drop destroyed assets from memory."""

@@ -255,6 +255,11 @@ class DecoderCache:
             self._loading.pop(asset_id, None)
         return entry
 
+    def asset_ids(self) -> list[str]:
+        """Return the ids of the cached assets, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
     def discard(self, asset_id: str) -> None:
         """Drop ``asset_id`` from the cache (its asset was destroyed)."""
         with self._lock:

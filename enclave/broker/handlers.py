@@ -45,6 +45,9 @@ ERROR_STATUS: list[tuple[type[EnclaveError], int, str]] = [
 class BaseHandler(web.RequestHandler):
     """Identifies the caller from the socket and turns package errors into JSON."""
 
+    audit_action = "data.list"
+    """Action recorded when a caller that is not a hub user is rejected."""
+
     @property
     def manager(self) -> DataManager:
         return self.settings["manager"]
@@ -77,7 +80,7 @@ class BaseHandler(web.RequestHandler):
     def _record_unknown_peer(self, uid: int, pid: int, reason: str) -> None:
         self.manager.append_audit(
             actor=f"uid:{uid}",
-            action="data.list",
+            action=self.audit_action,
             outcome=OUTCOME_DENIED,
             target=self.request.path,
             detail={"reason": reason, "uid": uid, "pid": pid},
@@ -166,11 +169,13 @@ class FramesHandler(BaseHandler):
     shape in the ``X-Enclave-Shape`` header as ``n,height,width,3``.
     """
 
+    audit_action = "data.read"
+
     @translate_errors
     async def get(self, name: str, path: str) -> None:
+        requester = await self.requester()
         start = self._int_argument("start")
         stop = self._int_argument("stop")
-        requester = await self.requester()
 
         frames = await self.run(
             self.manager.read_frames, requester, name, path, start, stop

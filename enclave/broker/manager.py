@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from enclave.broker.config import BrokerConfig
 from enclave.broker.decode import DecodedAsset, DecoderCache
-from enclave.catalog.models import Dataset, DatasetItem
+from enclave.catalog.models import Asset, DataKey, Dataset, DatasetItem
 from enclave.errors import AuditUnavailable, NotFound, PermissionDenied, ValidationError
 from enclave.projects import authorize_read
 from enclave.vault import open_asset
@@ -54,7 +54,8 @@ class ItemInfo:
     height: int
     width: int
     fps: float
-    timestamps: tuple[float, ...]
+    timestamps: np.ndarray
+    """Start time of each frame in seconds, float64."""
 
 
 class DataManager:
@@ -164,7 +165,7 @@ class DataManager:
             project, dataset = self._authorize(
                 session, requester, "data.read", dataset_name
             )
-            item = _find_item(session, dataset, path)
+            item = self._find_item(session, dataset, path)
             entry = self._open(item)
             project_name = project.name
             asset_id = item.asset_id
@@ -229,7 +230,7 @@ class DataManager:
                 height=source.height,
                 width=source.width,
                 fps=source.fps,
-                timestamps=tuple(float(t) for t in source.timestamps),
+                timestamps=np.asarray(source.timestamps, dtype=np.float64),
             )
             self._item_info[item.asset_id] = info
         return info
@@ -278,6 +279,48 @@ class DataManager:
             **fields,
         )
 
+    def evict_destroyed(self) -> int:
+        """Drop destroyed assets from memory; return how many were dropped.
+
+        A destroyed asset is never served again because every request checks
+        its data key, but its plaintext would stay in the cache until
+        evicted. The server calls this periodically.
+        """
+        cached = self.cache.asset_ids()
+        if not cached:
+            return 0
+        with self.catalog.session() as session:
+            readable = set(
+                session.scalars(
+                    select(Asset.id)
+                    .join(DataKey, DataKey.asset_id == Asset.id)
+                    .where(Asset.id.in_(cached), Asset.destroyed_at.is_(None))
+                )
+            )
+        destroyed = [asset_id for asset_id in cached if asset_id not in readable]
+        for asset_id in destroyed:
+            self._forget(asset_id)
+        if destroyed:
+            log.info("dropped %d destroyed assets from memory", len(destroyed))
+        return len(destroyed)
+
+    def _find_item(self, session, dataset: Dataset, path: str) -> DatasetItem:  # type: ignore[no-untyped-def]
+        item = session.scalars(
+            select(DatasetItem).where(
+                DatasetItem.dataset_id == dataset.id, DatasetItem.path == path
+            )
+        ).one_or_none()
+        if item is not None and not _is_readable(item):
+            self._forget(item.asset_id)
+            item = None
+        if item is None:
+            raise NotFound(f"dataset {dataset.name!r} has no item {path!r}")
+        return item
+
+    def _forget(self, asset_id: str) -> None:
+        self.cache.discard(asset_id)
+        self._item_info.pop(asset_id, None)
+
     def append_audit(self, **fields: Any) -> None:
         """Append one broker event to the audit trail, or raise AuditUnavailable."""
         try:
@@ -294,17 +337,6 @@ class DataManager:
 def _is_readable(item: DatasetItem) -> bool:
     # A destroyed asset keeps its catalog row but has lost its data key.
     return item.asset.destroyed_at is None and item.asset.data_key is not None
-
-
-def _find_item(session, dataset: Dataset, path: str) -> DatasetItem:  # type: ignore[no-untyped-def]
-    item = session.scalars(
-        select(DatasetItem).where(
-            DatasetItem.dataset_id == dataset.id, DatasetItem.path == path
-        )
-    ).one_or_none()
-    if item is None or not _is_readable(item):
-        raise NotFound(f"dataset {dataset.name!r} has no item {path!r}")
-    return item
 
 
 def _dataset_summary(dataset: Dataset, project: str) -> dict[str, Any]:
@@ -328,5 +360,5 @@ def _item_summary(item: DatasetItem, info: ItemInfo) -> dict[str, Any]:
         "width": info.width,
         "channels": 3,
         "fps": info.fps,
-        "timestamps": list(info.timestamps),
+        "timestamps": info.timestamps.tolist(),
     }
