@@ -37,7 +37,12 @@ from sqlalchemy import text
 from enclave.audit.log import AuditLog, load_audit_key
 from enclave.catalog.db import Catalog
 from enclave.config import Settings, load_settings
-from enclave.errors import AuditUnavailable, ConfigurationError, ValidationError
+from enclave.errors import (
+    AuditUnavailable,
+    ConfigurationError,
+    EnclaveError,
+    ValidationError,
+)
 
 __all__ = [
     "EVENT_SOURCE",
@@ -340,8 +345,22 @@ def make_app(
 
 
 def bind_socket(socket_path: Path) -> socket.socket:
-    """Create the collector's listening socket, writable by every local user."""
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    """Create the collector's listening socket, writable by every local user.
+
+    Raises
+    ------
+    ConfigurationError
+        If the folder or the socket cannot be created, or another process
+        already listens on the socket.
+    """
+    try:
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the audit socket folder {socket_path.parent}: "
+            f"{exc.strerror}; create it for the collector's OS user or set "
+            "ENCLAVE_RUN_DIR"
+        ) from exc
     if socket_path.parent.stat().st_mode & 0o005 != 0o005:
         logger.warning(
             "users other than the owner cannot enter %s, so their servers cannot "
@@ -354,7 +373,12 @@ def bind_socket(socket_path: Path) -> socket.socket:
             "other audit collector or pass a different socket path"
         )
     # tornado removes a stale socket file, binds and then chmods the path.
-    return tornado.netutil.bind_unix_socket(str(socket_path), mode=0o666)
+    try:
+        return tornado.netutil.bind_unix_socket(str(socket_path), mode=0o666)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot listen on the audit socket {socket_path}: {exc}"
+        ) from exc
 
 
 def _is_listening(socket_path: Path) -> bool:
@@ -425,7 +449,11 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    serve(load_settings())
+    try:
+        serve(load_settings())
+    except EnclaveError as exc:
+        logger.error("audit collector not started: %s", exc)
+        return 1
     return 0
 
 

@@ -15,9 +15,15 @@ from pathlib import Path
 import pytest
 
 from enclave.audit import AuditLog
-from enclave.audit.service import MAX_CODE_BYTES, EventRejected, validate_event
+from enclave.audit.service import (
+    MAX_CODE_BYTES,
+    EventRejected,
+    bind_socket,
+    validate_event,
+)
 from enclave.catalog.db import Catalog
 from enclave.config import Settings
+from enclave.errors import ConfigurationError
 from tests.extension.support import (
     OSUser,
     os_user,
@@ -275,3 +281,11 @@ def test_second_collector_rejected(collector) -> None:
     assert "another process is already listening" in second.stderr
     assert collector.process.poll() is None
     assert collector.socket_path.is_socket()
+
+
+def test_bind_socket_bad_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "run"
+    blocker.write_text("a file where the socket folder should be")
+
+    with pytest.raises(ConfigurationError, match="cannot create the audit socket"):
+        bind_socket(blocker / "sub" / "audit.sock")
