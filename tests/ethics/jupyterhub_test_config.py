@@ -10,10 +10,9 @@ listens on 127.0.0.1. Read by ``jupyterhub -f``; the test sets the
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-from enclave.lifecycle.hub_client import REQUIRED_SCOPES
+from enclave.ethics.hub_service import USER_SCOPES, service_entry, service_role
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 
@@ -43,35 +42,17 @@ c.JupyterHub.load_groups = {
 }
 
 c.JupyterHub.load_roles = [
-    {
-        "name": "user",
-        "scopes": ["self", "access:services!service=ethics"],
-    },
-    {
-        "name": "ethics-service",
-        "services": ["ethics"],
-        "scopes": list(REQUIRED_SCOPES),
-    },
+    {"name": "user", "scopes": ["self", *USER_SCOPES]},
+    service_role(),
 ]
 c.JupyterHub.services = [
-    {
-        "name": "ethics",
-        "url": f"http://127.0.0.1:{service_port}",
-        "command": [
-            str(Path(sys.executable).parent / "enclave"),
-            "--log-level",
-            "INFO",
-            "ethics",
-            "serve",
-            "--sweep-interval",
-            "2",
-        ],
-        "environment": {
+    service_entry(
+        f"http://127.0.0.1:{service_port}",
+        environment={
             name: value
             for name, value in os.environ.items()
             if name.startswith("ENCLAVE_") or name == "PATH"
         },
-        "oauth_no_confirm": True,
-        "display": True,
-    }
+        extra_args=["--sweep-interval", "2"],
+    )
 ]
