@@ -117,9 +117,15 @@ def _check_profile(profile: str) -> str:
     return profile
 
 
-def get_project(session: Session, name: str) -> Project:
-    """Return the project ``name``; raise NotFound if there is none."""
-    project = session.scalars(
+def get_project(session: Session, name: str, *, lock: bool = False) -> Project:
+    """Return the project ``name``; raise NotFound if there is none.
+
+    With ``lock``, the project's row stays locked (``SELECT ... FOR UPDATE``)
+    until the transaction ends, so concurrent decisions on one project are
+    applied one after the other. SQLite has no row locks; there an
+    ``immediate`` session serialises the writers instead.
+    """
+    query = (
         select(Project)
         .where(Project.name == name)
         .options(
@@ -127,7 +133,13 @@ def get_project(session: Session, name: str) -> Project:
             selectinload(Project.grants).selectinload(Grant.dataset),
             selectinload(Project.approvals),
         )
-    ).one_or_none()
+    )
+    if lock:
+        # Reload what another transaction committed while this one waited.
+        query = query.with_for_update(of=Project).execution_options(
+            populate_existing=True
+        )
+    project = session.scalars(query).one_or_none()
     if project is None:
         raise NotFound(
             f"project {name!r} not found; list projects with 'enclave project list'"
@@ -334,7 +346,7 @@ def submit_project(
     ValidationError
         If the project is not a draft or has changes requested.
     """
-    project = get_project(session, name)
+    project = get_project(session, name, lock=True)
     if actor not in (project.principal_investigator, project.created_by):
         raise PermissionDenied(
             f"{actor!r} may not submit {name!r}; only its principal investigator "
@@ -370,7 +382,7 @@ def approve_project(
         If the approval cannot be recorded; nothing changes.
     """
     _check_user(approver, "approver")
-    project = get_project(session, name)
+    project = get_project(session, name, lock=True)
     _require_reviewer(project, approver)
     _require_status(project, (ProjectStatus.SUBMITTED,), "approved")
     if any(approval.approver == approver for approval in project.approvals):
@@ -416,7 +428,7 @@ def reject_project(
         If the project is not submitted or the reason is empty.
     """
     reason = _check_text(reason, "reason for the rejection")
-    project = get_project(session, name)
+    project = get_project(session, name, lock=True)
     _require_reviewer(project, actor)
     _require_status(project, (ProjectStatus.SUBMITTED,), "rejected")
 
@@ -445,7 +457,7 @@ def terminate_project(
         reason is empty.
     """
     reason = _check_text(reason, "reason for the termination")
-    project = get_project(session, name)
+    project = get_project(session, name, lock=True)
     open_statuses = tuple(s for s in ProjectStatus if s not in CLOSED_STATUSES)
     _require_status(project, open_statuses, "terminated")
 

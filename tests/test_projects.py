@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 
 import pytest
 
@@ -427,3 +428,33 @@ def test_cli_before_init(settings, capsys: pytest.CaptureFixture[str]) -> None: 
 
     assert status == 1
     assert "run 'enclave init'" in capsys.readouterr().err
+
+
+def test_concurrent_approvals_both_count(setup) -> None:  # type: ignore[no-untyped-def]
+    catalog, audit = setup
+    _create(catalog, audit)
+    with catalog.session(immediate=True) as session:
+        submit_project(session, "carphone-study", "alice", audit=audit)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def approve(reviewer: str) -> None:
+        barrier.wait()
+        try:
+            with catalog.session(immediate=True) as session:
+                approve_project(session, "carphone-study", reviewer, audit=audit)
+        except BaseException as exc:  # reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=approve, args=(r,)) for r in ("carol", "dave")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    with catalog.session() as session:
+        (project,) = list_projects(session)
+        assert project.status == ProjectStatus.APPROVED
+        assert len(project.approvals) == 2
+    assert audit.verify().ok
