@@ -131,10 +131,12 @@ class Catalog:
 
     Examples
     --------
+    >>> from enclave.catalog.models import LevelRule
     >>> catalog = Catalog("sqlite://")
     >>> catalog.upgrade()
     >>> with catalog.session() as session:
-    ...     rule = session.get(LevelRule, 3)
+    ...     session.get(LevelRule, 3).backup_interval_minutes
+    60
     """
 
     def __init__(self, url: str | URL) -> None:
