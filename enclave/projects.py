@@ -92,17 +92,17 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _check_user(user: str, what: str) -> str:
+def _check_user(user: str, label: str) -> str:
     if not isinstance(user, str) or not USER_NAME_RE.match(user):
         raise ValidationError(
-            f"invalid {what} {user!r}; use a user name of letters, digits and . _ @ + -"
+            f"invalid {label} {user!r}; use a user name of letters, digits and . _ @ + -"
         )
     return user
 
 
-def _check_text(value: str | None, what: str) -> str:
+def _check_text(value: str | None, label: str) -> str:
     if value is None or not value.strip():
-        raise ValidationError(f"the {what} is missing; describe it in a few words")
+        raise ValidationError(f"the {label} is missing; describe it in a few words")
     return value.strip()
 
 
@@ -152,7 +152,7 @@ def _active_members(project: Project) -> list[ProjectMember]:
 
 
 def required_approvals(session: Session, project: Project) -> int:
-    """Return how many approvals ``project`` needs: the most its dataset levels ask."""
+    """Return the approvals ``project`` needs: the maximum over its datasets' levels."""
     levels = {grant.dataset.level for grant in project.grants}
     return max((rules_for(session, level).min_approvals for level in levels), default=1)
 
@@ -522,7 +522,7 @@ def authorize_read(
     NotFound
         If there is no dataset ``dataset_name``.
     PermissionDenied
-        If the user may not read it; the message says why.
+        If the user may not read it; the message gives the reason.
     """
     today = today or dt.date.today()
     dataset = session.scalars(
