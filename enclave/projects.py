@@ -95,7 +95,8 @@ def _check_name(name: str) -> str:
 def _check_user(user: str, label: str) -> str:
     if not isinstance(user, str) or not USER_NAME_RE.match(user):
         raise ValidationError(
-            f"invalid {label} {user!r}; use a user name of letters, digits and . _ @ + -"
+            f"invalid {label} {user!r}; use a user name of letters, digits "
+            "and the characters . _ @ + -"
         )
     return user
 
