@@ -144,6 +144,17 @@ class AuditedKernelWebsocketConnection(ZMQChannelsWebsocketConnection):
                 )
                 self._reply_not_run(request, str(exc))
                 return
+            except Exception:
+                # A bug here must not let the request through, nor leave the
+                # client waiting for a reply that never comes.
+                self.log.exception(
+                    "Did not run %s %s on kernel %s because the audit raised",
+                    request.msg_type,
+                    request.header.get("msg_id"),
+                    self.kernel_id,
+                )
+                self._reply_not_run(request, "internal error in the audit hook")
+                return
         super().handle_incoming_message(incoming_msg)
 
     async def _audit(self, request: KernelRequest, code: str) -> None:
@@ -204,7 +215,9 @@ class AuditedKernelWebsocketConnection(ZMQChannelsWebsocketConnection):
 
     def _reply_not_run(self, request: KernelRequest, reason: str) -> None:
         """Send the client the replies of a request that was dropped."""
-        evalue = f"The audit trail is unreachable, so this code was not run: {reason}"
+        evalue = (
+            f"This code was not run because the audit trail did not record it: {reason}"
+        )
         parent = request.header
         if request.msg_type == "execute_request":
             error = {

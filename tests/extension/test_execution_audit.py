@@ -113,7 +113,11 @@ def test_cell_not_run_without_collector(
     content = result.reply["content"]
     assert content["status"] == "error"
     assert content["ename"] == "AuditUnavailable"
-    assert "audit trail is unreachable, so this code was not run" in content["evalue"]
+    assert (
+        "code was not run because the audit trail did not record" in content["evalue"]
+    )
+    assert "audit collector at" in content["evalue"]
+    assert "is unreachable" in content["evalue"]
     [error] = result.of_type("error")
     assert error["content"]["ename"] == "AuditUnavailable"
     time.sleep(1)
