@@ -107,7 +107,7 @@ class AuditedKernelWebsocketConnection(ZMQChannelsWebsocketConnection):
             request = self._parse(incoming_msg)
             code = code_of_request(request)
         except (LookupError, TypeError, ValueError) as exc:
-            # Upstream would raise on this message too; dropping it keeps a
+            # Upstream would raise on this message too. Dropping it keeps a
             # message that cannot be checked away from the kernel.
             self.log.warning(
                 "Dropped a malformed message for kernel %s: %s", self.kernel_id, exc
