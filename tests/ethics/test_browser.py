@@ -212,3 +212,8 @@ def test_apply_approve_accept_terminate(
     ):
         assert action in actions
     assert audit_log.verify().ok
+    # The real hub listed and deleted alice's OAuth token of the ethics page.
+    revoked = [
+        e for e in audit_log.events(action="access.revoke") if e.detail["hub"] == "done"
+    ]
+    assert revoked[-1].detail["tokens_revoked"]["alice"] >= 1
