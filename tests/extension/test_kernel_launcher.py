@@ -87,3 +87,34 @@ def test_isolated_process_has_only_loopback() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["['lo']", "ConnectionRefusedError"]
+
+
+def test_isolated_process_cannot_read_parent_memory() -> None:
+    # The server is outside the kernel's user namespace, so the kernel cannot
+    # ptrace it or read its memory, although both run as the same OS user.
+    code = (
+        "import subprocess, time\n"
+        "from enclave_server.kernel_launcher import isolate_network\n"
+        "outside = subprocess.Popen(['sleep', '30'])\n"
+        "time.sleep(0.2)\n"
+        "start = int(open(f'/proc/{outside.pid}/maps').readline().split('-')[0], 16)\n"
+        "def read():\n"
+        "    try:\n"
+        "        with open(f'/proc/{outside.pid}/mem', 'rb') as mem:\n"
+        "            mem.seek(start)\n"
+        "            mem.read(16)\n"
+        "        return 'read'\n"
+        "    except PermissionError:\n"
+        "        return 'denied'\n"
+        "before = read()\n"
+        "isolate_network()\n"
+        "print(before, read())\n"
+        "outside.kill()\n"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["read", "denied"]
