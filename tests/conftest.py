@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.media",
     "tests.fixtures.hub",
     "tests.fixtures.broker",
+    "tests.fixtures.synthetic",
 ]

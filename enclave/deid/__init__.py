@@ -34,8 +34,8 @@ def deidentify_file(input, output, profile, report_path=None, **options):  # typ
 def derive(
     catalog, vault, audit, asset_ids, *, profile, dataset_name, actor, **options
 ):  # type: ignore[no-untyped-def]
-    """Publish a de-identified dataset from vault assets; see :mod:`enclave.deid.derive`."""
-    from enclave.deid.derive import derive as _derive
+    """Publish a de-identified dataset from vault assets; see :mod:`enclave.deid.derivation`."""
+    from enclave.deid.derivation import derive as _derive
 
     return _derive(
         catalog,

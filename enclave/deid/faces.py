@@ -146,6 +146,9 @@ class FaceDetector:
         )
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.inter_op_num_threads = 1
+        # Idle worker threads sleep instead of spinning, which on a shared
+        # machine with few cores would take CPU time from the decoder.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(
                 _dynamic_model_bytes(self.model_path),

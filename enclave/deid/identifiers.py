@@ -49,6 +49,12 @@ class IdentifierPolicy:
             return {"mode": "pseudonym", "subject": subject}
         return {"mode": "none", "source_id": source_id}
 
+    def scrub_report(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Drop what links a derivative to its source file when the profile cuts the link."""
+        if self.mode != "none":
+            report.pop("input_sha256", None)
+        return report
+
     def finish(self, uid_map: dict[str, str]) -> None:
         """Store the pseudonym mapping, or discard the random one."""
         if self.mode == "pseudonym":

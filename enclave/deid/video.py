@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # Share of a residual face box that must lie under a mask to count as covered.
 COVERED_SHARE = 0.9
+# Share of a residual text line that must lie under masks to count as covered.
+TEXT_COVERED_SHARE = 0.5
 
 _FACE_DETECTOR: FaceDetector | None = None
 
@@ -102,12 +104,13 @@ def deidentify_video(
 
     analysis = _analyse(data, profile, detector)
     text_regions = _find_text(data, analysis, profile)
+    voice = _anonymised_voice(data, analysis, profile)
     rounds = 0
     while True:
         rounds += 1
         per_frame = _face_masks(analysis, faces) if profile.runs("faces") else None
         output, counts, applied = _mask_and_encode(
-            data, analysis, profile, per_frame, text_regions
+            data, analysis, profile, per_frame, text_regions, voice
         )
         residual = _residual_check(output, analysis, profile, detector, applied)
         if residual["passed"] or not _remask(analysis, profile, residual, rounds):
@@ -443,12 +446,95 @@ def _kept(profile: Profile, seconds: float) -> bool:
     return not ranges or any(start <= seconds < end for start, end in ranges)
 
 
+def _anonymised_voice(
+    data: bytes, analysis: _Analysis, profile: Profile
+) -> _Voice | None:
+    """Decode the first audio stream and anonymise it, when the profile keeps audio."""
+    audio = profile.settings["audio"]
+    if audio["mode"] == "remove" or not analysis.audio_streams:
+        return None
+    if audio["mode"] != "mcadams":
+        raise ValidationError(
+            f"audio mode {audio['mode']!r} is invalid; use 'remove' or 'mcadams'"
+        )
+    from enclave.deid.audio import mcadams
+
+    chunks = []
+    with _open_input(data) as container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate or 16000
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        start = None
+        for frame in container.decode(stream):
+            if start is None and frame.pts is not None:
+                start = float(frame.pts * frame.time_base)
+            for converted in resampler.resample(frame):
+                chunks.append(converted.to_ndarray().reshape(-1))
+        for converted in resampler.resample(None):
+            chunks.append(converted.to_ndarray().reshape(-1))
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    start = start or 0.0
+    samples = _mute_outside_ranges(samples, rate, start, profile)
+    anonymised = mcadams(
+        samples,
+        rate,
+        alpha=float(audio["mcadams_alpha"]),
+        frame_ms=float(audio["frame_ms"]),
+        order=int(audio["lpc_order"]),
+    )
+    return _Voice(anonymised, rate, start)
+
+
+def _mute_outside_ranges(
+    samples: np.ndarray, rate: int, start: float, profile: Profile
+) -> np.ndarray:
+    ranges = profile.step("keep").get("ranges", [])
+    if not ranges:
+        return samples
+    times = start + np.arange(len(samples)) / rate
+    keep = np.zeros(len(samples), dtype=bool)
+    for begin, end in ranges:
+        keep |= (times >= begin) & (times < end)
+    return np.where(keep, samples, 0.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Voice:
+    samples: np.ndarray
+    rate: int
+    start_s: float
+
+
+def _add_voice(output: Any, voice: _Voice) -> Any:
+    stream = output.add_stream("aac", rate=voice.rate)
+    stream.layout = "mono"
+    return stream
+
+
+def _encode_voice(output: Any, stream: Any, voice: _Voice) -> None:
+    block = 1024
+    offset = round(voice.start_s * voice.rate)
+    for start in range(0, len(voice.samples), block):
+        chunk = np.ascontiguousarray(voice.samples[start : start + block])
+        frame = av.AudioFrame.from_ndarray(
+            chunk[np.newaxis, :], format="flt", layout="mono"
+        )
+        frame.sample_rate = voice.rate
+        frame.time_base = Fraction(1, voice.rate)
+        frame.pts = offset + start
+        for packet in stream.encode(frame):
+            output.mux(packet)
+    for packet in stream.encode():
+        output.mux(packet)
+
+
 def _mask_and_encode(
     data: bytes,
     analysis: _Analysis,
     profile: Profile,
     face_masks: list[list[masking.Box]] | None,
     text_regions: list[Any],
+    voice: _Voice | None = None,
 ) -> tuple[bytes, dict[str, Any], dict[int, list[masking.Box]]]:
     faces = profile.settings["faces"]
     encode = profile.settings["encode"]
@@ -462,6 +548,7 @@ def _mask_and_encode(
             "detections": int(sum(len(b) for b in analysis.detections.values())),
             "masks_applied": 0,
             "frames_with_masks": 0,
+            "mask_pixels": 0,
         },
         "text": {
             "regions": len(text_regions),
@@ -493,6 +580,15 @@ def _mask_and_encode(
     ostream.codec_context.time_base = analysis.time_base
     if analysis.rotation:
         ostream.set_display_rotation(analysis.rotation)
+    voice_stream = _add_voice(output, voice) if voice is not None else None
+    if voice is not None:
+        counts["audio"] = {
+            "mode": "mcadams",
+            "streams_removed": analysis.audio_streams - 1,
+            "streams_anonymised": 1,
+            "sample_rate": voice.rate,
+            "seconds": round(len(voice.samples) / voice.rate, 3),
+        }
 
     try:
         with _open_input(data) as container:
@@ -526,6 +622,8 @@ def _mask_and_encode(
                     output.mux(packet)
             for packet in ostream.encode():
                 output.mux(packet)
+        if voice_stream is not None and voice is not None:
+            _encode_voice(output, voice_stream, voice)
         output.close()
     except av.FFmpegError as exc:
         raise DeidentificationError(
@@ -546,6 +644,9 @@ def _count_masks(
     counts: dict[str, Any], faces: list[masking.Box], text: list[masking.Box]
 ) -> None:
     counts["faces"]["masks_applied"] += len(faces)
+    counts["faces"]["mask_pixels"] += sum(
+        (x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in faces
+    )
     counts["faces"]["frames_with_masks"] += bool(faces)
     counts["text"]["masks_applied"] += len(text)
     counts["text"]["frames_with_masks"] += bool(text)
@@ -578,11 +679,15 @@ def _residual_check(
     index_of_pts = {pts: i for i, pts in enumerate(analysis.pts)}
     text_every = int(text.get("residual_every", 30))
     text_frames: dict[int, np.ndarray] = {}
+    # The check runs even when masking is switched off, so that switching it
+    # off cannot publish text.
+    check_text = "text" in profile.steps
 
     candidates: list[tuple[int, int, np.ndarray, float, float]] = []
     checked = 0
     out_pts: list[int] = []
     out_durations: list[int] = []
+    sources: list[int] = []
     with _open_input(output) as container:
         stream = _video_stream(container)
         out_time_base = stream.time_base
@@ -617,18 +722,19 @@ def _residual_check(
                         candidates.append(
                             (position, source_index, box, float(score), share)
                         )
-            if profile.runs("text") and position % text_every == 0:
+            sources.append(source_index)
+            if check_text and position % text_every == 0:
                 text_frames[position] = _display_rgb(frame, analysis.rotation)
             last_frame = frame
-        if last_frame is not None and profile.runs("text"):
+        if last_frame is not None and check_text:
             text_frames.setdefault(
                 position, _display_rgb(last_frame, analysis.rotation)
             )
 
     face_hits = _confirmed_faces(candidates, faces, every)
     text_result = (
-        _residual_text(text_frames, len(out_pts), text)
-        if profile.runs("text")
+        _residual_text(text_frames, len(out_pts), text, analysis, sources, applied)
+        if check_text
         else {
             "checked_frames": 0,
             "hits": 0,
@@ -677,18 +783,45 @@ class _SparseFrames:
 
 
 def _residual_text(
-    frames: dict[int, np.ndarray], count: int, settings: dict[str, Any]
+    frames: dict[int, np.ndarray],
+    count: int,
+    settings: dict[str, Any],
+    analysis: _Analysis,
+    sources: list[int],
+    applied: dict[int, list[masking.Box]],
 ) -> dict[str, Any]:
     from enclave.deid import text as text_module
 
-    hits = text_module.residual_text(
+    found = text_module.residual_text(
         _SparseFrames(frames, count),
         float(settings["residual_threshold"]),
         sample_every=int(settings["residual_every"]),
     )
+    # OCR reads the hard edge between a black mask and a bright background as
+    # a text line. A line that lies mostly under masks shows nothing, so it is
+    # not a residual; one mostly outside the masks is.
+    hits = []
+    for hit in found:
+        source_index = sources[hit.frame_index]
+        stored = masking.display_to_stored(
+            np.array([hit.box], dtype=np.float32),
+            analysis.rotation,
+            analysis.width,
+            analysis.height,
+        )[0]
+        share = _covered_share(stored, applied.get(source_index, []))
+        if share < TEXT_COVERED_SHARE:
+            hits.append(
+                {
+                    "frame": source_index,
+                    "box": list(hit.box),
+                    "covered": round(share, 3),
+                }
+            )
     return {
         "threshold": settings["residual_threshold"],
         "checked_frames": len(frames),
         "hits": len(hits),
-        "boxes": [{"frame": h.frame_index, "box": list(h.box)} for h in hits[:50]],
+        "boxes": hits[:50],
+        "on_masks": len(found) - len(hits),
     }

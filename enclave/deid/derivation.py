@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,11 +88,13 @@ def derive(
     resolved = load_profile(profile, **options)
     _check_request(asset_ids, dataset_name, actor)
     sources = _load_sources(catalog, asset_ids, dataset_name)
-    _check_separation(catalog, audit, actor, dataset_name, profile, source)
+    _check_separation(catalog, audit, actor, dataset_name, asset_ids, profile, source)
 
     stored: list[Asset] = []
     try:
-        stored = _derive_all(
+        # _derive_all appends each derivative as soon as it is stored, so
+        # that a failure part-way still finds them here to delete.
+        _derive_all(
             catalog,
             vault,
             audit,
@@ -101,6 +104,7 @@ def derive(
             actor,
             source,
             options,
+            stored,
         )
         dataset = _publish(
             catalog, audit, sources, stored, resolved.name, dataset_name, actor, source
@@ -176,35 +180,51 @@ def _load_sources(
     return sources
 
 
-def projects_using_output(session: Any, actor: str, dataset_name: str) -> list[str]:
-    """Return the projects with member ``actor`` that hold dataset ``dataset_name``.
+def projects_using_output(
+    session: Any, actor: str, dataset_name: str, source_ids: Sequence[str] = ()
+) -> list[str]:
+    """Return the projects with member ``actor`` that would use this derivation.
 
-    A project holds a dataset through a grant that is not revoked; the
-    member must not have been removed.
+    Those are the projects that hold dataset ``dataset_name``, and those that
+    hold another dataset derived from one of ``source_ids``. A project holds a
+    dataset through a grant that is not revoked; removed members do not count.
     """
-    rows = session.scalars(
+    member_of = (
         select(Project.name)
         .join(ProjectMember, ProjectMember.project_id == Project.id)
         .join(Grant, Grant.project_id == Project.id)
         .join(Dataset, Dataset.id == Grant.dataset_id)
         .where(
-            Dataset.name == dataset_name,
             ProjectMember.username == actor,
             ProjectMember.removed_at.is_(None),
             Grant.revoked_at.is_(None),
         )
     )
-    return sorted(set(rows))
+    names = set(session.scalars(member_of.where(Dataset.name == dataset_name)))
+    if source_ids:
+        same_sources = (
+            member_of.join(DatasetItem, DatasetItem.dataset_id == Dataset.id)
+            .join(Asset, Asset.id == DatasetItem.asset_id)
+            .where(Asset.source_id.in_(list(source_ids)))
+        )
+        names.update(session.scalars(same_sources))
+    return sorted(names)
 
 
 def _check_separation(
-    catalog: Any, audit: Any, actor: str, dataset_name: str, profile: str, source: str
+    catalog: Any,
+    audit: Any,
+    actor: str,
+    dataset_name: str,
+    asset_ids: Sequence[str],
+    profile: str,
+    source: str,
 ) -> None:
     # Separation of duties: whoever prepares a dataset must not be able to
     # read it as a researcher, so that one person cannot both see identifiable
     # sources and analyse the output.
     with catalog.session() as session:
-        projects = projects_using_output(session, actor, dataset_name)
+        projects = projects_using_output(session, actor, dataset_name, asset_ids)
     if not projects:
         return
     audit.append(
@@ -220,8 +240,9 @@ def _check_separation(
         },
     )
     raise PermissionDenied(
-        f"{actor!r} is a member of project(s) {', '.join(projects)} that use dataset "
-        f"{dataset_name!r}; a data steward who is not a member must run the derivation"
+        f"{actor!r} is a member of project(s) {', '.join(projects)} that use "
+        f"dataset {dataset_name!r} or data derived from the same sources; a data "
+        "steward who is not a member must run the derivation"
     )
 
 
@@ -235,7 +256,8 @@ def _derive_all(
     actor: str,
     source: str,
     options: dict[str, Any],
-) -> list[Asset]:
+    stored: list[Asset],
+) -> None:
     from enclave.deid.api import deidentify_bytes
     from enclave.deid.identifiers import IdentifierPolicy
     from enclave.ingest import store_asset
@@ -243,8 +265,12 @@ def _derive_all(
 
     identifiers = IdentifierPolicy.for_profile(resolved, vault)
     uid_map: dict[str, str] = {}
-    stored: list[Asset] = []
-    for number, item in enumerate(sources, start=1):
+    order = list(sources)
+    if identifiers.mode != "none":
+        # Without a link back, the item order must not follow the order of
+        # the sources either.
+        secrets.SystemRandom().shuffle(order)
+    for number, item in enumerate(order, start=1):
         with open_asset(vault, item["asset"]) as reader:
             data = reader.read()
         name = "source.dcm" if item["media_type"] == MediaType.DICOM else "source.mp4"
@@ -253,6 +279,7 @@ def _derive_all(
 
         report = dict(result.report)
         report["identifiers"] = identifiers.describe(item["id"], dataset_name)
+        identifiers.scrub_report(report)
         asset = store_asset(
             catalog,
             vault,
@@ -270,7 +297,6 @@ def _derive_all(
         )
         stored.append(asset)
     identifiers.finish(uid_map)
-    return stored
 
 
 def _publish(
@@ -286,6 +312,11 @@ def _publish(
     # NOTE: the dataset keeps the highest level of its sources; a profile
     # could justify a lower one, which the level rules do not define yet.
     level = max(s["level"] for s in sources)
+    # The trail records which derivative came from which source only for
+    # profiles that keep the link.
+    linked = {}
+    if all(asset.source_id is not None for asset in stored):
+        linked = {"derivatives": [a.id for a in stored]}
     with catalog.session(immediate=True) as session:
         dataset = Dataset(
             name=dataset_name,
@@ -314,9 +345,9 @@ def _publish(
             dataset=dataset_name,
             detail={
                 "profile": profile,
-                "sources": [s["id"] for s in sources],
+                "sources": sorted(s["id"] for s in sources),
                 "items": len(stored),
-                "derivatives": [a.id for a in stored],
+                **linked,
             },
             session=session,
         )
