@@ -8,7 +8,9 @@ transaction, so a rejected form stores nothing.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -52,6 +54,21 @@ log = logging.getLogger(__name__)
 
 COMMITTEE_GROUP = "ethics-committee"
 ADMIN_GROUP = "security-admins"
+
+INLINE_STYLE = (
+    ".ethics-text { white-space: pre-wrap; }\n"
+    ".ethics-agreement { white-space: pre-wrap; max-height: 28rem; overflow-y: auto; }"
+)
+"""The page's own few style rules, next to the hub's style sheet."""
+_INLINE_STYLE_HASH = base64.b64encode(
+    hashlib.sha256(INLINE_STYLE.encode("utf-8")).digest()
+).decode("ascii")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none'; "
+    f"style-src 'self' 'sha256-{_INLINE_STYLE_HASH}'; form-action 'self'; "
+    "frame-ancestors 'self'"
+)
+"""No script at all, and only the hub's style sheet and :data:`INLINE_STYLE`."""
 T = TypeVar("T")
 
 
@@ -93,11 +110,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def set_default_headers(self) -> None:
         # The pages need no script at all, so a policy that forbids scripts
         # stops injected markup even if escaping were ever missed.
-        self.set_header(
-            "Content-Security-Policy",
-            "default-src 'self'; script-src 'none'; object-src 'none'; "
-            "base-uri 'none'; form-action 'self'; frame-ancestors 'self'",
-        )
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
 
@@ -120,6 +133,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         namespace.update(
             prefix=self.context.prefix,
             hub_prefix=self.hub_auth.hub_prefix,
+            inline_style=INLINE_STYLE,
             html_lang="zh-CN" if self.locale.code == "zh_CN" else "en",
             viewer=self.viewer if self.current_user else None,
             status_labels=STATUS_LABELS,

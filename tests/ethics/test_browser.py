@@ -166,6 +166,11 @@ def test_apply_approve_accept_terminate(
         alice.goto(project_url)
         assert "Accept the data use agreement" in alice.text()
         alice.goto(f"{project_url}/agreement")
+        # The content security policy lets the page's own style block apply.
+        white_space = alice.evaluate(
+            "getComputedStyle(document.querySelector('#agreement-text')).whiteSpace"
+        )
+        assert white_space == "pre-wrap"
         alice.check("#accept")
         alice.click("#accept-agreement")
         assert "You have accepted the data use agreement" in alice.text()
