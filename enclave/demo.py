@@ -60,19 +60,21 @@ def prepare_demo_data(settings: Settings) -> DemoData:
             ids = tuple(item.asset.source_id or "" for item in dataset.items)
             return DemoData(DEMO_DATASET, DEMO_PROJECT, ids, created=False)
 
+    # One dataset holds one category; the samples stand for recordings made
+    # for teaching and research observation.
     sources = [
-        (samples.carphone_path(), "teaching"),
-        (samples.bikes_path(), "monitoring"),
-        (samples.ultrasound_dicom_path(), "diagnosis"),
+        samples.carphone_path(),
+        samples.bikes_path(),
+        samples.ultrasound_dicom_path(),
     ]
     source_ids = []
-    for path, category in sources:
+    for path in sources:
         asset = ingest_file(
             catalog,
             vault,
             audit,
             path,
-            category=category,
+            category="teaching",
             level=3,
             consent_ref="DEMO-CONSENT-2026-001",
             ethics_ref="DEMO-ETHICS-2026-001",

@@ -20,7 +20,6 @@ import decord
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import convert_color_space
 
 from enclave.audit import AuditLog, load_audit_key
 from enclave.catalog.db import Catalog
@@ -81,12 +80,8 @@ def _expected_brightness(settings: Settings) -> dict[str, list[float]]:
                 reader = decord.VideoReader(io.BytesIO(data))
                 frames = reader.get_batch(list(range(len(reader)))).asnumpy()
             else:
-                ds = pydicom.dcmread(io.BytesIO(data))
-                frames = ds.pixel_array
-                if ds.PhotometricInterpretation.startswith("YBR"):
-                    frames = convert_color_space(
-                        frames, ds.PhotometricInterpretation, "RGB"
-                    )
+                # pydicom 3 returns YBR pixel data converted to RGB.
+                frames = pydicom.dcmread(io.BytesIO(data)).pixel_array
                 if frames.ndim == 3:
                     frames = np.stack([frames] * 3, axis=-1)
             expected[item.path] = frames.mean(axis=(1, 2, 3)).tolist()
