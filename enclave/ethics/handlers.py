@@ -16,6 +16,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import sqlalchemy.exc
+import sqlalchemy.orm.exc
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from sqlalchemy.orm import Session
 from tornado import locale, web
@@ -175,6 +177,18 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise web.HTTPError(409, str(exc)) from exc
         except ValidationError as exc:
             raise web.HTTPError(400, str(exc)) from exc
+        except (
+            sqlalchemy.exc.IntegrityError,
+            sqlalchemy.orm.exc.StaleDataError,
+        ) as exc:
+            # A concurrent decision won the race: a unique name was taken or
+            # the project's version changed between reading and writing.
+            log.warning("decision lost a race: %s", type(exc).__name__)
+            raise web.HTTPError(
+                409,
+                "another change was saved at the same time; reload the page and "
+                "try again",
+            ) from exc
         except AuditUnavailable as exc:
             log.error("decision not taken, audit trail unavailable: %s", exc)
             raise web.HTTPError(503, str(exc)) from exc
@@ -201,6 +215,18 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 project=project,
                 detail={"reason": reason},
             )
+        except (
+            sqlalchemy.exc.IntegrityError,
+            sqlalchemy.orm.exc.StaleDataError,
+        ) as exc:
+            # A concurrent decision won the race: a unique name was taken or
+            # the project's version changed between reading and writing.
+            log.warning("decision lost a race: %s", type(exc).__name__)
+            raise web.HTTPError(
+                409,
+                "another change was saved at the same time; reload the page and "
+                "try again",
+            ) from exc
         except AuditUnavailable as exc:
             raise web.HTTPError(503, str(exc)) from exc
         log.warning("rejected %s by %s: %s", action, self.viewer.name, reason)
