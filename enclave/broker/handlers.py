@@ -68,8 +68,12 @@ class BaseHandler(web.RequestHandler):
         Headers are never consulted: only the kernel's record of the
         connecting process counts.
         """
-        sock = self.request.connection.stream.socket  # type: ignore[attr-defined]
-        peer = peer_credentials(sock)
+        # HTTP1Connection keeps the IOStream of the accepted socket.
+        connection = self.request.connection
+        stream = getattr(connection, "stream", None)
+        if stream is None or stream.socket is None:
+            raise PermissionDenied("the connection has no socket to identify")
+        peer = peer_credentials(stream.socket)
         try:
             user = resolve_hub_user(self.enclave_settings, peer.uid)
         except PermissionDenied as exc:

@@ -54,8 +54,15 @@ def test_clip_dataset_rejects_bad_lengths(argument: str) -> None:
     from enclave.data.torch import ClipDataset
     from enclave.errors import ValidationError
 
+    lengths = {"clip_frames": 16, "stride": 16, argument: 0}
+
     with pytest.raises(ValidationError, match=argument):
-        ClipDataset(DATASET, socket_path="/nonexistent", **{argument: 0})
+        ClipDataset(
+            DATASET,
+            clip_frames=lengths["clip_frames"],
+            stride=lengths["stride"],
+            socket_path="/nonexistent",
+        )
 
 
 def test_data_package_does_not_import_torch() -> None:
