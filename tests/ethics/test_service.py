@@ -503,3 +503,31 @@ def test_injected_dataset_name_is_unknown(service: Service, catalog: Catalog) ->
     assert response.status_code == 400
     assert "does not exist" in response.text
     assert _count_projects(catalog) == 0
+
+
+@pytest.fixture
+def any_service(any_catalog: Catalog, any_audit_log: AuditLog) -> Iterator[Service]:
+    add_datasets(any_catalog)
+    with running_service(any_catalog, any_audit_log) as running:
+        yield running
+
+
+def test_review_on_every_database(any_service: Service, any_catalog: Catalog) -> None:
+    alice = any_service.browser("alice", "researchers")
+    assert _apply(alice).status_code == 302
+    first = any_service.browser("rev-li", "ethics-committee")
+    second = any_service.browser("rev-zhao", "ethics-committee")
+
+    assert (
+        _vote(first, "approve_with_conditions", conditions="No export.").status_code
+        == 302
+    )
+    assert _vote(second, "approve").status_code == 302
+
+    page = alice.get("projects/gait-study")
+    assert 'data-status="approved"' in page.text
+    assert "No export." in page.text
+    with any_catalog.session() as session:
+        assert (
+            projects.get_project(session, "gait-study").status is ProjectStatus.APPROVED
+        )
