@@ -42,6 +42,7 @@ __all__ = [
     "pending_amendment",
     "review_amendment",
     "submit_amendment",
+    "withdraw_amendment",
 ]
 
 log = logging.getLogger(__name__)
@@ -326,3 +327,53 @@ def _apply_amendment(
     if amendment.new_ends_on is not None:
         project.ends_on = amendment.new_ends_on
     amendment.status = AmendmentStatus.APPROVED
+
+
+def withdraw_amendment(
+    session: Session, audit: AuditLog, name: str, amendment_id: int, *, actor: str
+) -> Amendment:
+    """Withdraw a pending amendment; only the member who asked for it or the PI may.
+
+    Raises
+    ------
+    PermissionDenied
+        If ``actor`` neither asked for the amendment nor leads the project.
+    DecisionConflict
+        If the committee already decided about the amendment.
+    """
+    project = lock_project(session, name)
+    amendment = session.get(Amendment, amendment_id, populate_existing=True)
+    if amendment is None or amendment.project_id != project.id:
+        raise NotFound(f"amendment {amendment_id} of project {name!r} not found")
+    if actor not in (amendment.created_by, project.principal_investigator):
+        raise deny(
+            session,
+            audit,
+            actor=actor,
+            action="amendment.withdraw",
+            project=name,
+            reason=(
+                f"{actor!r} did not ask for amendment {amendment_id} of {name!r}; "
+                f"only {amendment.created_by!r} or the principal investigator may "
+                "withdraw it"
+            ),
+        )
+    if amendment.status != AmendmentStatus.SUBMITTED:
+        raise DecisionConflict(
+            f"amendment {amendment_id} of {name!r} is {amendment.status.value}; only a "
+            "pending amendment can be withdrawn"
+        )
+
+    amendment.status = AmendmentStatus.WITHDRAWN
+    amendment.decided_at = utcnow()
+    audit.append(
+        actor=actor,
+        action="amendment.withdraw",
+        outcome="success",
+        source=SOURCE,
+        project=name,
+        target=amendment_subject(amendment),
+        detail=_amendment_detail(amendment),
+        session=session,
+    )
+    return amendment

@@ -452,6 +452,21 @@ class AmendHandler(BaseHandler):
         self.redirect(self.project_url(name))
 
 
+class WithdrawHandler(BaseHandler):
+    @web.authenticated
+    def post(self, name: str, amendment_id: str) -> None:
+        self.project_page(name)
+        with self.decision() as session:
+            workflow.withdraw_amendment(
+                session,
+                self.context.audit,
+                name,
+                int(amendment_id),
+                actor=self.viewer.name,
+            )
+        self.redirect(self.project_url(name))
+
+
 class AgreementHandler(BaseHandler):
     """Shows the data use agreement in the reader's language and records acceptance."""
 
@@ -543,6 +558,7 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     (rf"projects/{NAME}/edit", EditHandler),
     (rf"projects/{NAME}/review", ReviewHandler),
     (rf"projects/{NAME}/amendments/([0-9]+)/review", ReviewHandler),
+    (rf"projects/{NAME}/amendments/([0-9]+)/withdraw", WithdrawHandler),
     (rf"projects/{NAME}/amend", AmendHandler),
     (rf"projects/{NAME}/agreement", AgreementHandler),
     (rf"projects/{NAME}/(suspend|resume|terminate)", OversightHandler),

@@ -91,6 +91,7 @@ class AmendmentView:
     reviews: list[ReviewView]
     viewer_may_review: bool
     viewer_conflict: str | None
+    viewer_may_withdraw: bool
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,8 @@ def _amendment_view(
             viewer.committee and pending and conflict is None and not voted
         ),
         viewer_conflict=conflict if viewer.committee and pending else None,
+        viewer_may_withdraw=pending
+        and viewer.name in (amendment.created_by, project.principal_investigator),
     )
 
 

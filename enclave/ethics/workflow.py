@@ -22,6 +22,7 @@ from enclave.ethics.amendments import (
     pending_amendment,
     review_amendment,
     submit_amendment,
+    withdraw_amendment,
 )
 from enclave.ethics.applications import (
     application_of,
@@ -57,4 +58,5 @@ __all__ = [
     "submit_amendment",
     "suspend",
     "terminate",
+    "withdraw_amendment",
 ]

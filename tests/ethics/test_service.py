@@ -531,3 +531,31 @@ def test_review_on_every_database(any_service: Service, any_catalog: Catalog) ->
         assert (
             projects.get_project(session, "gait-study").status is ProjectStatus.APPROVED
         )
+
+
+def test_withdraw_amendment_through_the_page(
+    service: Service, catalog: Catalog
+) -> None:
+    alice = service.browser("alice", "researchers")
+    assert _apply(alice, datasets=["teaching-clips"]).status_code == 302
+    assert (
+        _vote(service.browser("rev-li", "ethics-committee"), "approve").status_code
+        == 302
+    )
+    assert (
+        alice.post(
+            "projects/gait-study/amend",
+            {"add_members": "carol", "reason": "help"},
+            xsrf_from="projects/gait-study/amend",
+        ).status_code
+        == 302
+    )
+
+    page = alice.get("projects/gait-study")
+    assert 'id="withdraw-form-1"' in page.text
+    response = alice.post(
+        "projects/gait-study/amendments/1/withdraw", {}, xsrf_from="projects/gait-study"
+    )
+
+    assert response.status_code == 302
+    assert 'id="ask-amendment"' in alice.get("projects/gait-study").text

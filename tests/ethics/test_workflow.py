@@ -459,3 +459,47 @@ def test_agreement_by_non_member_refused(
                 session, ethics_audit, "gait-study", username="mallory"
             )
     assert _actions(ethics_audit)[-1] == ("mallory", "agreement.accept", "denied")
+
+
+def test_withdrawn_amendment_changes_nothing(
+    ethics_catalog: Catalog, ethics_audit: AuditLog
+) -> None:
+    _apply(ethics_catalog, ethics_audit)
+    _approve(ethics_catalog, ethics_audit)
+    with ethics_catalog.session(immediate=True) as session:
+        amendment_id = workflow.submit_amendment(
+            session,
+            ethics_audit,
+            "gait-study",
+            AmendmentRequest(add_members=("dave",), reason="extra hands"),
+            requested_by="alice",
+        ).id
+
+    with pytest.raises(PermissionDenied, match="did not ask for"):
+        with ethics_catalog.session(immediate=True) as session:
+            workflow.withdraw_amendment(
+                session, ethics_audit, "gait-study", amendment_id, actor="rev-li"
+            )
+    with ethics_catalog.session(immediate=True) as session:
+        workflow.withdraw_amendment(
+            session, ethics_audit, "gait-study", amendment_id, actor="alice"
+        )
+    with pytest.raises(workflow.DecisionConflict, match="withdrawn"):
+        with ethics_catalog.session(immediate=True) as session:
+            workflow.review_amendment(
+                session,
+                ethics_audit,
+                "gait-study",
+                amendment_id,
+                reviewer="rev-li",
+                decision="approve",
+            )
+
+    with ethics_catalog.session() as session:
+        project = projects.get_project(session, "gait-study")
+        assert "dave" not in {m.username for m in project.members}
+        assert workflow.pending_amendment(session, project) is None
+    assert _actions(ethics_audit)[-2:] == [
+        ("rev-li", "amendment.withdraw", "denied"),
+        ("alice", "amendment.withdraw", "success"),
+    ]
