@@ -174,11 +174,18 @@ c.Spawner.environment = {
     # The repository root is a Jupyter data folder whose kernels/ holds the
     # locked-down `enclave-python` kernel spec.
     "JUPYTER_PATH": str(REPO_ROOT),
+    # singleuser/labconfig/page_config.json turns off the JupyterLab plugins
+    # of the extension manager, terminals and the news feed.
+    "JUPYTER_CONFIG_PATH": str(HUB_CONFIG_DIR / "singleuser"),
 }
 # Command-line arguments take precedence over every configuration file.
 c.Spawner.args = [
     "--ServerApp.terminals_enabled=False",
     "--LabApp.extension_manager=readonly",
+    "--LabApp.lock_all_plugins=True",
+    # No requests from the researcher's browser to jupyter.org or PyPI.
+    "--LabApp.news_url=None",
+    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     "--ServerApp.jpserver_extensions=enclave_server=True",
     "--ServerApp.contents_manager_class=enclave_server.contents.EnclaveContentsManager",
     "--KernelManager.transport=ipc",

@@ -3,16 +3,18 @@ login page's Content-Security-Policy are checked by a real browser."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
 from enclave.hub.launch import Running
-from tests.fixtures.hub import free_ports
+from tests.fixtures.hub import become_subreaper, free_ports, reap_zombie
 
 pytestmark = [
     pytest.mark.e2e,
@@ -74,6 +76,7 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    become_subreaper()
     (port,) = free_ports(1)
     driver = subprocess.Popen(
         ["chromedriver", f"--port={port}"],
@@ -98,6 +101,28 @@ def browser() -> Iterator[Browser]:
     finally:
         driver.terminate()
         driver.wait(timeout=30)
+        _reap_browser_zombies()
+
+
+def _reap_browser_zombies() -> None:
+    # Chromium's helper processes outlive chromedriver and are reparented here.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        waiting = False
+        for entry in Path("/proc").iterdir():
+            try:
+                stat_line = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = stat_line[stat_line.find("(") + 1 : stat_line.rfind(")")]
+            fields = stat_line.rsplit(")", 1)[1].split()
+            if name.startswith("chrom") and int(fields[1]) == os.getpid():
+                waiting = True
+                if fields[0] == "Z":
+                    reap_zombie(int(entry.name))
+        if not waiting:
+            return
+        time.sleep(0.2)
 
 
 def test_browser_login_reaches_lab(hub: Running, browser: Browser) -> None:

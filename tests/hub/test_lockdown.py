@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 
@@ -144,3 +146,38 @@ def test_home_page_hides_token_link(hub: Running, alice: requests.Session) -> No
     assert response.status_code == 200
     assert 'href="/hub/home"' in response.text
     assert 'href="/hub/token"' not in response.text
+
+
+def test_lab_plugins_locked_down(
+    hub: Running, alice: requests.Session, alice_server: ServerProcess
+) -> None:
+    response = alice.get(f"{hub.hub_url}/user/alice/lab", timeout=30)
+    start = response.text.index('id="jupyter-config-data"')
+    config_text = response.text[response.text.index(">", start) + 1 :]
+    config = json.loads(config_text[: config_text.index("</script>")])
+
+    assert response.status_code == 200
+    disabled = config["disabledExtensions"]
+    assert "@jupyterlab/extensionmanager-extension" in disabled
+    assert "@jupyterlab/terminal-extension" in disabled
+    assert config["news"] == {"disabled": True}
+    assert config["extensionManager"]["name"] == "read-only"
+
+
+def test_lab_plugins_cannot_be_enabled(
+    hub: Running, alice: requests.Session, alice_server: ServerProcess
+) -> None:
+    url = f"{hub.hub_url}/user/alice/lab/api/plugins"
+    xsrf = alice.cookies.get("_xsrf", path="/user/alice/")
+
+    locks = alice.get(url, timeout=30).json()
+    response = alice.post(
+        url,
+        json={"cmd": "enable", "plugin_name": "@jupyterlab/terminal-extension"},
+        headers={"X-XSRFToken": xsrf} if xsrf else {},
+        timeout=30,
+    )
+
+    assert locks["allLocked"] is True
+    assert response.status_code == 500
+    assert "locked" in response.json()["message"]
