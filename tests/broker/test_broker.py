@@ -6,6 +6,7 @@ import io
 import os
 import socket
 import stat
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -15,7 +16,7 @@ from sqlalchemy import text
 
 from enclave.broker.identity import peer_credentials
 from enclave.data import BrokerClient
-from enclave.errors import PermissionDenied
+from enclave.errors import ConfigurationError, PermissionDenied
 from tests.fixtures.broker import (
     ARCHIVE_DATASET,
     CURRENT_PROJECT,
@@ -335,3 +336,42 @@ def test_peer_credentials_need_unix_socket() -> None:
     with socket.socket(socket.AF_INET) as tcp:
         with pytest.raises(PermissionDenied, match="only on a Unix socket"):
             peer_credentials(tcp)
+
+
+CONCURRENT_READS = f"""
+import random
+from concurrent.futures import ThreadPoolExecutor
+from enclave.data import BrokerClient
+client = BrokerClient()
+rng = random.Random(7)
+ranges = []
+for _ in range(24):
+    start = rng.randrange(0, 119)
+    ranges.append((start, min(120, start + rng.randrange(1, 40))))
+with ThreadPoolExecutor(8) as pool:
+    arrays = list(pool.map(
+        lambda r: client.read_frames({DATASET!r}, "clips/0001", *r), ranges
+    ))
+result = {{"ranges": ranges, "arrays": arrays}}
+"""
+
+
+def test_concurrent_reads_are_exact(broker: RunningBroker, member: OsUser) -> None:
+    expected = decord_frames(broker.enclave.plaintext(DATASET, "clips/0001"))
+
+    outcome = run_as(member, broker.socket_path, CONCURRENT_READS)
+
+    assert outcome.error is None, outcome.message
+    for (start, stop), frames in zip(
+        outcome.result["ranges"], outcome.result["arrays"], strict=True
+    ):
+        assert np.array_equal(frames, expected[start:stop]), (start, stop)
+
+
+def test_missing_socket_names_the_fix(tmp_path: Path) -> None:
+    client = BrokerClient(tmp_path / "absent.sock")
+
+    with pytest.raises(
+        ConfigurationError, match="no data broker socket at .*absent.sock"
+    ):
+        client.list_datasets()
