@@ -1,4 +1,4 @@
-"""HTTP handlers of the broker: identity, JSON errors and the three routes."""
+"""HTTP handlers of the broker: identity, JSON errors and the routes."""
 
 from __future__ import annotations
 

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from enclave.broker.config import BrokerConfig
 from enclave.broker.decode import DecodedAsset, DecoderCache
-from enclave.catalog.models import Asset, DataKey, Dataset, DatasetItem
+from enclave.catalog.models import Asset, DataKey, Dataset, DatasetItem, Project
 from enclave.errors import AuditUnavailable, NotFound, PermissionDenied, ValidationError
 from enclave.projects import authorize_read
 from enclave.vault import open_asset
@@ -144,7 +145,7 @@ class DataManager:
     def read_frames(
         self, requester: Requester, dataset_name: str, path: str, start: int, stop: int
     ) -> np.ndarray:
-        """Decode frames ``[start, stop)`` of one item after recording the read.
+        """Decode frames ``[start, stop)`` of one item and record the read.
 
         The ``data.read`` audit record is written before the frames are
         returned; if it cannot be written, :class:`AuditUnavailable` is
@@ -188,7 +189,9 @@ class DataManager:
         )
         return frames
 
-    def _authorize(self, session, requester: Requester, action: str, dataset_name: str):  # type: ignore[no-untyped-def]
+    def _authorize(
+        self, session: Session, requester: Requester, action: str, dataset_name: str
+    ) -> tuple[Project, Dataset]:
         try:
             return authorize_read(session, requester.user, dataset_name)
         except PermissionDenied as exc:
@@ -304,7 +307,7 @@ class DataManager:
             log.info("dropped %d destroyed assets from memory", len(destroyed))
         return len(destroyed)
 
-    def _find_item(self, session, dataset: Dataset, path: str) -> DatasetItem:  # type: ignore[no-untyped-def]
+    def _find_item(self, session: Session, dataset: Dataset, path: str) -> DatasetItem:
         item = session.scalars(
             select(DatasetItem).where(
                 DatasetItem.dataset_id == dataset.id, DatasetItem.path == path

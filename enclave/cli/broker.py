@@ -10,6 +10,7 @@ from pathlib import Path
 
 from enclave.broker.config import DECODE_THREADS, BrokerConfig
 from enclave.config import load_settings
+from enclave.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from enclave.catalog.db import Catalog
     from enclave.vault import KeyRing, Vault
 
+    if args.threads < 1:
+        raise ValidationError(f"--threads {args.threads} must be at least 1")
     settings = load_settings()
     socket_path = args.socket or settings.broker_socket
     config = BrokerConfig(socket_path=socket_path, decode_threads=args.threads)
@@ -66,7 +69,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if os.geteuid() == 0 and not args.run_as_root:
         drop_privileges(settings.broker_user)
 
-    # The key files are opened only now, as the broker's own user.
+    # The key files are opened only now, after the switch to the broker's user.
     catalog = Catalog(settings.db_url)
     keyring = KeyRing.load(settings.master_key_path, vault_dir=settings.vault_dir)
     audit = AuditLog(catalog, load_audit_key(settings.audit_key_path))

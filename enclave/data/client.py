@@ -129,7 +129,8 @@ class BrokerClient:
         frames = np.frombuffer(body, dtype=np.uint8)
         if frames.size != int(np.prod(shape)):
             raise EnclaveError(
-                f"broker sent {frames.size} bytes for frames of shape {shape}"
+                f"broker sent {frames.size} bytes for frames of shape {shape}, "
+                f"expected {int(np.prod(shape))}"
             )
         return frames.reshape(shape)
 
