@@ -558,6 +558,9 @@ class AuditLog:
                 "records were removed from or added to the end",
                 head.seq,
             )
+        # NOTE: deleting every record and resetting the head to the genesis
+        # hash leaves a valid empty chain. Only a copy of the head kept
+        # outside the database, such as a backup, shows such a wipe.
         expected_head = (
             GENESIS_HASH if count == 0 else _head_tag(self._key, count, prev_hash)
         )
