@@ -68,10 +68,9 @@ class VideoFrames(FrameSource):
     def __init__(self, plaintext: bytes) -> None:
         import decord
 
-        # decord reads from the file object for the reader's whole life, so
-        # the BytesIO is kept alongside it.
-        self._buffer = io.BytesIO(plaintext)
-        self._reader = decord.VideoReader(self._buffer, ctx=decord.cpu(0))
+        # decord (decord2 3.4) copies a file object's bytes into its own
+        # buffer and decodes from memory, so nothing is written to disk.
+        self._reader = decord.VideoReader(io.BytesIO(plaintext), ctx=decord.cpu(0))
         self.frame_count = len(self._reader)
         first = self._reader[0].asnumpy() if self.frame_count else None
         shape = first.shape if first is not None else (0, 0, 3)
