@@ -204,7 +204,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         except NotFound as exc:
             raise web.HTTPError(404, str(exc)) from exc
 
-    def refuse(self, action: str, project: str | None, reason: str) -> None:
+    def reject(self, action: str, project: str | None, reason: str) -> None:
         """Record a rejected request in the audit trail and raise HTTP 403."""
         try:
             self.context.audit.append(
@@ -383,7 +383,7 @@ class ReviewHandler(BaseHandler):
     def post(self, name: str, amendment_id: str | None = None) -> None:
         self.project_page(name)
         if not self.viewer.committee:
-            self.refuse(
+            self.reject(
                 "project.review",
                 name,
                 f"{self.viewer.name!r} is not in the {COMMITTEE_GROUP!r} group; only "
@@ -516,7 +516,7 @@ class OversightHandler(BaseHandler):
     def post(self, name: str, action: str) -> None:
         self.project_page(name)
         if not self.viewer.security_admin:
-            self.refuse(
+            self.reject(
                 f"project.{action}",
                 name,
                 f"{self.viewer.name!r} is not in the {ADMIN_GROUP!r} group; only "

@@ -308,10 +308,10 @@ class ProjectRow:
 def list_projects_for(session: Session, viewer: Viewer) -> dict[str, list[ProjectRow]]:
     """Return the lists of the front page: the viewer's projects, reviews, all others.
 
-    ``mine`` contains the projects the viewer applied for or works in;
-    ``to_review`` (committee only) the submitted projects and those with a
-    pending amendment; ``all`` (committee and security administrators) every
-    project.
+    ``mine`` contains the projects the viewer applied for or works in.
+    ``to_review`` (committee only) contains the submitted projects and those
+    with a pending amendment. ``all`` (committee and security administrators)
+    contains every project.
     """
     query = select(Project).order_by(Project.name)
     if not (viewer.committee or viewer.security_admin):
