@@ -14,7 +14,14 @@ from enclave.data.client import BrokerClient
 from enclave.data.frames import ItemFrames
 from enclave.errors import ValidationError
 
-__all__ = ["DEFAULT_CHUNK_FRAMES", "item_dataset", "open_dataset"]
+__all__ = [
+    "DEFAULT_CHUNK_FRAMES",
+    "dataset_attrs",
+    "item_attrs",
+    "item_dataset",
+    "open_dataset",
+    "time_coords",
+]
 
 DEFAULT_CHUNK_FRAMES = 16
 DIMS = ("time", "y", "x", "channel")
@@ -67,7 +74,7 @@ def open_dataset(
     client = BrokerClient(socket_path)
     summary = client.describe(name)
 
-    nodes: dict[str, Any] = {"/": xr.Dataset(attrs=_dataset_attrs(summary))}
+    nodes: dict[str, Any] = {"/": xr.Dataset(attrs=dataset_attrs(summary))}
     for item in summary["items"]:
         nodes[item["path"]] = item_dataset(client, summary, item, chunk_frames)
     return xr.DataTree.from_dict(nodes, name=name)
@@ -117,7 +124,8 @@ def time_coords(item: dict[str, Any]) -> dict[str, Any]:
     return {"time": ("time", seconds, {"long_name": "frame start time", "units": "s"})}
 
 
-def _dataset_attrs(summary: dict[str, Any]) -> dict[str, Any]:
+def dataset_attrs(summary: dict[str, Any]) -> dict[str, Any]:
+    """Return the attributes of a dataset's root node."""
     keys = ("name", "description", "category", "level", "profile", "project")
     return {key: summary[key] for key in keys if key in summary}
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from enclave.data.backend import EnclaveBackendEntrypoint, parse_item_spec
+from enclave.data.backend import (
+    EnclaveBackendEntrypoint,
+    parse_dataset_spec,
+    parse_item_spec,
+)
 from enclave.errors import ValidationError
 from tests.fixtures.broker import DATASET, OsUser, RunningBroker, decord_frames, run_as
 
@@ -79,3 +83,45 @@ def test_parse_item_spec(spec: str, expected: tuple[str, str]) -> None:
 def test_parse_item_spec_rejects(spec: object) -> None:
     with pytest.raises(ValidationError, match="DATASET/ITEM_PATH"):
         parse_item_spec(spec)
+
+
+OPEN_TREE = f"""
+import dask.array, xarray as xr
+lazy = xr.open_datatree({DATASET!r}, engine="enclave")
+chunked = xr.open_datatree("enclave://" + {DATASET!r}, engine="enclave", chunks={{}})
+clip = lazy["clips/0001"].frames
+result = {{
+    "groups": sorted(node.path for node in lazy.subtree if "frames" in node.data_vars),
+    "name": lazy.attrs["name"],
+    "loaded_on_open": clip.variable._in_memory,
+    "window": clip.isel(time=slice(60, 63)).values,
+    "is_dask": isinstance(chunked["clips/0001"].frames.data, dask.array.Array),
+    "chunks": list(chunked["clips/0001"].frames.data.chunks[0]),
+}}
+"""
+
+
+def test_open_datatree_with_engine(broker: RunningBroker, member: OsUser) -> None:
+    expected = decord_frames(broker.enclave.plaintext(DATASET, "clips/0001"))
+
+    outcome = run_as(member, broker.socket_path, OPEN_TREE)
+
+    assert outcome.error is None, outcome.message
+    got = outcome.result
+    assert got["groups"] == ["/clips/0001", "/loops/0001"]
+    assert got["name"] == DATASET
+    assert not got["loaded_on_open"]
+    assert np.array_equal(got["window"], expected[60:63])
+    assert got["is_dask"]
+    assert got["chunks"] == [16] * 7 + [8]
+
+
+@pytest.mark.parametrize("spec", ["study", "enclave://study", "/study/"])
+def test_parse_dataset_spec(spec: str) -> None:
+    assert parse_dataset_spec(spec) == "study"
+
+
+@pytest.mark.parametrize("spec", ["study/clips/0001", "enclave://", "", 42])
+def test_parse_dataset_spec_rejects(spec: object) -> None:
+    with pytest.raises(ValidationError, match="DATASET"):
+        parse_dataset_spec(spec)
