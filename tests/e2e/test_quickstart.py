@@ -115,11 +115,15 @@ def test_quickstart_runs_for_member(stack) -> None:
     audit = _audit(settings)
     executed = audit.events(actor="alice", action="cell.execute")
     assert [event.detail["code"] for event in executed] == cells
-    reads = audit.events(actor="alice", action="data.read", outcome="ok")
+    reads = audit.events(actor="alice", action="data.read", outcome="success")
     assert {event.dataset for event in reads} == {DEMO_DATASET}
-    assert {event.target for event in reads} >= set(expected) or len(reads) >= len(
-        expected
-    )
+    assert {event.project for event in reads} == {"demo-project"}
+    frames_read: dict[str, set[int]] = {path: set() for path in expected}
+    for event in reads:
+        start, stop = event.detail["frames"]
+        frames_read[event.detail["path"]].update(range(start, stop))
+    for path, values in expected.items():
+        assert frames_read[path] == set(range(len(values))), path
     assert audit.verify().ok
 
 
