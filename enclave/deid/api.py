@@ -32,6 +32,7 @@ def deidentify_bytes(
     profile: str,
     *,
     uid_map: dict[str, str] | None = None,
+    pseudonym_key: bytes | None = None,
     **options: Any,
 ) -> DeidResult:
     """De-identify a video or DICOM file held in memory.
@@ -49,6 +50,9 @@ def deidentify_bytes(
     uid_map
         DICOM only: original UID -> replacement UID, shared by the files of
         one dataset so that studies and series stay linked.
+    pseudonym_key
+        DICOM with ``ai-diagnosis`` only: the HMAC key of the pseudonyms, from
+        :class:`~enclave.deid.pseudonyms.PseudonymStore`.
     **options
         Profile options such as ``keep_ranges=[(0.0, 5.0)]`` or
         ``audio_mode="mcadams"``; see :mod:`enclave.deid.profiles`.
@@ -73,9 +77,14 @@ def deidentify_bytes(
         from enclave.deid.dicom import deidentify_dicom
 
         result = deidentify_dicom(
-            data, profile, uid_map={} if uid_map is None else uid_map
+            data,
+            profile,
+            uid_map={} if uid_map is None else uid_map,
+            pseudonym_key=pseudonym_key,
         )
-        report = build_report(resolved, dict(result.report), data, result.data)
+        report = build_report(
+            resolved, dict(result.report), data, result.data, media_type="dicom"
+        )
         return DeidResult(result.data, report, "dicom", ".dcm")
 
     from enclave.deid.video import deidentify_video

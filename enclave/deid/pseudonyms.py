@@ -67,6 +67,11 @@ class PseudonymStore:
             for n in ("pseudonym", "mapping")
         )
 
+    @property
+    def pseudonym_key(self) -> bytes:
+        """The HMAC key of the pseudonyms, for DICOM de-identification."""
+        return self._pseudonym_key
+
     def pseudonym(self, identifier: str, *, namespace: str) -> str:
         """Return the keyed pseudonym of ``identifier`` within ``namespace``."""
         message = f"{namespace}\x00{identifier}".encode()

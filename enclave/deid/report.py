@@ -44,9 +44,12 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def model_files(profile: Profile) -> list[dict[str, str]]:
-    """Return the model files the profile's detectors load, with their SHA-256."""
-    files = [("faces", centerface_path())]
+def model_files(profile: Profile, media_type: str = "video") -> list[dict[str, str]]:
+    """Return the model files the profile's detectors load, with their SHA-256.
+
+    DICOM objects are checked for burned-in text only, so they list no face model.
+    """
+    files = [("faces", centerface_path())] if media_type == "video" else []
     if "text" in profile.steps:
         files.extend(("text", path) for path in _ocr_models())
     return [
@@ -69,7 +72,11 @@ def _ocr_models() -> tuple[Path, ...]:
 
 
 def build_report(
-    profile: Profile, details: dict[str, Any], data: bytes, output: bytes
+    profile: Profile,
+    details: dict[str, Any],
+    data: bytes,
+    output: bytes,
+    media_type: str = "video",
 ) -> dict[str, Any]:
     """Combine the step details of a run with the profile, models and versions.
 
@@ -82,6 +89,7 @@ def build_report(
         **details,
         "input_sha256": hashlib.sha256(data).hexdigest(),
         "output_sha256": hashlib.sha256(output).hexdigest(),
-        "models": model_files(profile),
+        "media_type": media_type,
+        "models": model_files(profile, media_type),
         "software": software_versions(),
     }

@@ -1,8 +1,8 @@
 """Turn face detections on sampled frames into a mask box for every frame.
 
-The detector runs on every ``detect_every``-th frame. Detections are linked
-into tracks by overlap; between two detections of a track the box is
-interpolated and grown by the distance the face moved, and a track is held
+The detector runs on every ``detect_every``-th frame, and detections are
+linked into tracks by overlap. Between two detections of a track the box is
+interpolated and grown by half the distance the face moved. A track is held
 for ``hold_frames`` frames before its first and after its last detection, so
 a face the detector misses for a few frames stays covered.
 """
@@ -46,9 +46,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def link_tracks(detections: dict[int, np.ndarray], hold_frames: int) -> list[Track]:
     """Link per-frame detections into tracks.
 
-    A detection continues the track whose last box overlaps it most (IoU at
-    least 0.1), if that track was seen within ``hold_frames`` frames plus one
-    detector interval; otherwise it starts a new track.
+    A detection continues the track whose last box overlaps it most, with an
+    IoU of at least 0.1. That track must have been seen within
+    ``hold_frames`` frames plus one detector interval. Otherwise the
+    detection starts a new track.
     """
     tracks: list[Track] = []
     interval = _interval(sorted(detections))
@@ -114,9 +115,9 @@ def grow_box(
 ) -> tuple[int, int, int, int]:
     """Grow a face box by ``scale`` and clip it to the frame.
 
-    The box grows more upwards than downwards (60 % above, 40 % below) because
-    hair and the top of the head extend above the detected face; it grows
-    equally to the left and right to take in the ears.
+    The box grows more upwards than downwards (60 % above, 40 % below)
+    because hair and the top of the head extend above the detected face. It
+    grows equally to the left and right to take in the ears.
     """
     x1, y1, x2, y2 = (float(v) for v in box)
     extra_w = (x2 - x1) * (scale - 1) / 2

@@ -147,3 +147,57 @@ def test_derive_unknown_asset(enclave_ready, capsys):
 
     assert status == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_deid_dicom_through_dicom_module(ultrasound_path, tmp_path):
+    output = tmp_path / "clean.dcm"
+    report = tmp_path / "report.json"
+
+    status = main(
+        [
+            "deid",
+            str(ultrasound_path),
+            str(output),
+            "--profile",
+            "baseline",
+            "--report",
+            str(report),
+        ]
+    )
+
+    assert status == 0
+    assert output.read_bytes()[128:132] == b"DICM"
+    content = json.loads(report.read_text())
+    assert content["media_type"] == "dicom"
+    assert [m["step"] for m in content["models"]] == ["text"] * len(content["models"])
+
+
+def test_derive_dicom_asset(enclave_ready, vault, audit_log, ultrasound_path):
+    from enclave.catalog.models import Asset, MediaType
+    from enclave.deid import derive
+
+    asset = ingest_file(
+        enclave_ready,
+        vault,
+        audit_log,
+        ultrasound_path,
+        category="diagnosis",
+        level=2,
+        actor="steward",
+    )
+
+    dataset = derive(
+        enclave_ready,
+        vault,
+        audit_log,
+        [asset.id],
+        profile="baseline",
+        dataset_name="echo-set",
+        actor="steward",
+    )
+
+    with enclave_ready.session() as session:
+        derivative = session.get(Asset, dataset.items[0].asset_id)
+        assert derivative.media_type == MediaType.DICOM
+        assert derivative.source_id == asset.id
+        assert derivative.deid_report["media_type"] == "dicom"

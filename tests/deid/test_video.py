@@ -70,7 +70,7 @@ def test_rotated_faces_masked(synthetic_clip, rotation):
     result = deidentify_bytes(clip.path.read_bytes(), clip.path.name, "baseline")
 
     times, lumas, output_rotation = _decode(result.data)
-    assert output_rotation == rotation
+    assert output_rotation % 360 == rotation
     assert lumas[0].shape == (clip.height, clip.width)
     assert _face_recall(clip, lumas) == 1.0
 
