@@ -15,7 +15,8 @@ Optional
     ``ENCLAVE_HUB_API_PORT`` the hub's own port (8081),
     ``ENCLAVE_PROXY_API_PORT`` the proxy's REST API port (8001),
     ``ENCLAVE_HUB_SERVICES`` comma-separated managed services to run, out of
-    ``broker`` and ``audit`` (both by default; empty for none),
+    ``broker``, ``audit`` and ``ethics`` (all by default; empty for none),
+    ``ENCLAVE_ETHICS_PORT`` port of the ethics page service (8003),
     ``ENCLAVE_HUB_HOME_ROOT`` folder of the researchers' home folders
     (``/home/enclave``),
     ``ENCLAVE_HUB_RUNTIME_ROOT`` folder of the users' Jupyter runtime folders
@@ -33,6 +34,9 @@ import sys
 from pathlib import Path
 
 from enclave.config import load_settings
+from enclave.ethics.hub_service import USER_SCOPES as ETHICS_USER_SCOPES
+from enclave.ethics.hub_service import service_entry as ethics_service_entry
+from enclave.ethics.hub_service import service_role as ethics_service_role
 from enclave.hub.accounts import ROLE_GROUPS
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
@@ -71,6 +75,7 @@ issuer = _required("ENCLAVE_OIDC_ISSUER").rstrip("/")
 hub_port = int(os.environ.get("ENCLAVE_HUB_PORT", "8000"))
 hub_api_port = int(os.environ.get("ENCLAVE_HUB_API_PORT", "8081"))
 proxy_api_port = int(os.environ.get("ENCLAVE_PROXY_API_PORT", "8001"))
+ethics_port = int(os.environ.get("ENCLAVE_ETHICS_PORT", "8003"))
 public_url = f"http://127.0.0.1:{hub_port}"
 
 # --- Network: everything on loopback --------------------------------------
@@ -220,8 +225,16 @@ known_services = {
         "user": os.environ.get("ENCLAVE_AUDIT_USER", settings.broker_user),
         "environment": service_env,
     },
+    # The ethics review page, at /services/ethics/ behind the hub's OAuth.
+    "ethics": ethics_service_entry(
+        f"http://127.0.0.1:{ethics_port}",
+        environment=service_env,
+        user=settings.broker_user,
+    ),
 }
-requested_services = _names(os.environ.get("ENCLAVE_HUB_SERVICES", "broker,audit"))
+requested_services = _names(
+    os.environ.get("ENCLAVE_HUB_SERVICES", "broker,audit,ethics")
+)
 unknown = sorted(set(requested_services) - set(known_services))
 if unknown:
     raise SystemExit(
@@ -229,7 +242,8 @@ if unknown:
         f"choose from {sorted(known_services)}"
     )
 c.JupyterHub.services = [known_services[name] for name in requested_services]
-if requested_services:
+lookup_services = [name for name in requested_services if name != "ethics"]
+if lookup_services:
     c.JupyterHub.load_roles.append(
         {
             "name": "enclave-service",
@@ -240,6 +254,11 @@ if requested_services:
                 "read:users:groups",
                 "read:groups",
             ],
-            "services": requested_services,
+            "services": lookup_services,
         }
     )
+if "ethics" in requested_services:
+    # Every signed-in user may open the ethics page. The page itself decides
+    # what each role may do there.
+    c.JupyterHub.load_roles[0]["scopes"].extend(ETHICS_USER_SCOPES)
+    c.JupyterHub.load_roles.append(ethics_service_role())

@@ -42,7 +42,7 @@ HUB_CONFIG_DIR = REPO_ROOT / "hub_config"
 PROVIDER_SCRIPT = HUB_CONFIG_DIR / "oidc" / "provider.mjs"
 NODE_MODULES = HUB_CONFIG_DIR / "node_modules"
 CLIENT_ID = "enclave-hub"
-SERVICES = ("broker", "audit")
+SERVICES = ("broker", "audit", "ethics")
 
 
 @dataclass
@@ -244,6 +244,7 @@ def start_enclave(
     idp_port: int = 9443,
     hub_api_port: int | None = None,
     proxy_api_port: int | None = None,
+    ethics_port: int | None = None,
     services: bool | Sequence[str] = True,
     accounts: Sequence[Account] | None = None,
     password: str | None = None,
@@ -264,11 +265,12 @@ def start_enclave(
     hub_port, idp_port
         Public port of the hub (the proxy) and port of the provider, both on
         127.0.0.1.
-    hub_api_port, proxy_api_port
-        The hub's internal port and the proxy's API port; by default
-        ``hub_port + 1`` and ``hub_port + 2``.
+    hub_api_port, proxy_api_port, ethics_port
+        The hub's internal port, the proxy's API port and the ethics page's
+        port; by default ``hub_port + 1``, ``hub_port + 2`` and ``hub_port + 3``.
     services
-        True for the broker and audit services, False for none, or the names.
+        True for the broker, audit and ethics services, False for none, or
+        the names.
     accounts
         Accounts of the provider. By default the demo accounts, all with
         ``password`` (or ``ENCLAVE_DEMO_PASSWORD``, or a random password).
@@ -298,6 +300,7 @@ def start_enclave(
     _check_traversable(REPO_ROOT)
     hub_api_port = hub_api_port or hub_port + 1
     proxy_api_port = proxy_api_port or hub_port + 2
+    ethics_port = ethics_port or hub_port + 3
     if services is True:
         service_names: list[str] = list(SERVICES)
     elif services is False:
@@ -376,9 +379,7 @@ def start_enclave(
         log.info("identity provider is up at %s", issuer)
 
         for name in service_names:
-            ensure_service_user(
-                settings.broker_user if name == "broker" else audit_user
-            )
+            ensure_service_user(audit_user if name == "audit" else settings.broker_user)
         hub_env = {
             **os.environ,
             **_settings_env(settings),
@@ -390,6 +391,7 @@ def start_enclave(
             "ENCLAVE_HUB_PORT": str(hub_port),
             "ENCLAVE_HUB_API_PORT": str(hub_api_port),
             "ENCLAVE_PROXY_API_PORT": str(proxy_api_port),
+            "ENCLAVE_ETHICS_PORT": str(ethics_port),
             "ENCLAVE_HUB_SERVICES": ",".join(service_names),
             "ENCLAVE_HUB_HOME_ROOT": str(home_root),
             "ENCLAVE_HUB_RUNTIME_ROOT": str(runtime_root),
@@ -465,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-services",
         action="store_true",
-        help="start the hub without the broker and audit services",
+        help="start the hub without the broker, audit and ethics services",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(

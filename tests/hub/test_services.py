@@ -1,4 +1,5 @@
-"""The hub starts the broker and the audit collector as the broker's OS user."""
+"""The hub starts the broker, the audit collector and the ethics page as the
+broker's OS user."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from enclave.hub.launch import Running
 from tests.fixtures.hub import (
     login,
     open_server,
+    open_service,
     run_code,
     running_test_hub,
     start_server,
@@ -70,7 +72,7 @@ def services_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         with running_test_hub(
             settings,
             tmp_path_factory.mktemp("services-hub-state"),
-            services=["broker", "audit"],
+            services=["broker", "audit", "ethics"],
         ) as running:
             deadline = time.monotonic() + 60
             sockets = (settings.broker_socket, settings.audit_socket)
@@ -89,6 +91,16 @@ def test_services_run_as_broker_user(services_hub: Running) -> None:
 
     assert processes.get("broker") == broker_uid
     assert processes.get("audit") == broker_uid
+    assert processes.get("ethics") == broker_uid
+
+
+def test_ethics_page_behind_hub_login(services_hub: Running) -> None:
+    session = login(services_hub, "carol")
+
+    response = open_service(services_hub, session, "ethics")
+
+    assert response.status_code == 200
+    assert response.url.startswith(f"{services_hub.hub_url}/services/ethics/")
 
 
 def test_kernel_runs_as_researcher(services_hub: Running) -> None:
