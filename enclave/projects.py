@@ -333,6 +333,11 @@ def _require_reviewer(project: Project, reviewer: str) -> None:
             f"{reviewer!r} is a member of {project.name!r} and cannot review it; "
             "ask a member of the ethics committee"
         )
+    if reviewer == project.created_by:
+        raise PermissionDenied(
+            f"{reviewer!r} applied for {project.name!r} and cannot review it; "
+            "ask a member of the ethics committee"
+        )
 
 
 def submit_project(

@@ -122,8 +122,8 @@ def test_approver_twice_rejected(setup) -> None:  # type: ignore[no-untyped-def]
             approve_project(session, "carphone-study", "carol", audit=audit)
 
 
-@pytest.mark.parametrize("reviewer", ["alice", "bob"])
-def test_pi_and_member_cannot_approve(setup, reviewer: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("reviewer", ["alice", "bob", "steward"])
+def test_pi_member_applicant_cannot_approve(setup, reviewer: str) -> None:  # type: ignore[no-untyped-def]
     catalog, audit = setup
     _create(catalog, audit)
     with catalog.session(immediate=True) as session:
