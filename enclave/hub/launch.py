@@ -59,6 +59,8 @@ class Running:
     client_id: str
     hub_api_port: int
     home_root: Path
+    settings: Settings
+    """The enclave settings that the hub and its services were started with."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -360,6 +362,7 @@ def start_enclave(
         client_id=CLIENT_ID,
         hub_api_port=hub_api_port,
         home_root=Path(home_root),
+        settings=settings,
     )
     try:
         provider_log = log_dir / "idp.log"

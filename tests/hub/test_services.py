@@ -24,6 +24,7 @@ from tests.fixtures.hub import (
     run_code,
     running_test_hub,
     start_server,
+    unique_user_prefix,
 )
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +59,7 @@ def services_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         key_dir=base / "keys",
         run_dir=base / "run",
         db_url=f"sqlite:///{base / 'home' / 'catalog.sqlite'}",
+        user_prefix=unique_user_prefix(),
     )
     env = {
         **os.environ,
@@ -65,6 +67,7 @@ def services_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         "ENCLAVE_KEY_DIR": str(settings.key_dir),
         "ENCLAVE_RUN_DIR": str(settings.run_dir),
         "ENCLAVE_DB_URL": settings.db_url,
+        "ENCLAVE_USER_PREFIX": settings.user_prefix,
     }
     enclave = Path(sys.executable).parent / "enclave"
     subprocess.run([str(enclave), "init"], env=env, check=True, capture_output=True)
@@ -85,7 +88,7 @@ def services_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 
 def test_services_run_as_broker_user(services_hub: Running) -> None:
-    broker_uid = pwd.getpwnam("enclave-broker").pw_uid
+    broker_uid = pwd.getpwnam(services_hub.settings.broker_user).pw_uid
 
     processes = service_processes(services_hub)
 
@@ -115,7 +118,7 @@ def test_kernel_runs_as_researcher(services_hub: Running) -> None:
         "import os; print(os.getuid(), os.environ['JUPYTER_RUNTIME_DIR'])",
     )
 
-    entry = pwd.getpwnam("enc-alice")
+    entry = pwd.getpwnam(services_hub.settings.os_user("alice"))
     assert reply["status"] == "ok", reply
     uid, runtime_dir = reply["stdout"].split()
     assert int(uid) == entry.pw_uid

@@ -20,17 +20,18 @@ from tests.fixtures.hub import (
 pytestmark = pytest.mark.e2e
 
 
-def test_server_runs_as_os_user(alice_server: ServerProcess) -> None:
-    entry = pwd.getpwnam("enc-alice")
+def test_server_runs_as_os_user(hub: Running, alice_server: ServerProcess) -> None:
+    os_user = hub.settings.os_user("alice")
+    entry = pwd.getpwnam(os_user)
 
     assert alice_server.uid == entry.pw_uid
     assert alice_server.uid != 0
-    assert alice_server.environ["USER"] == "enc-alice"
+    assert alice_server.environ["USER"] == os_user
     assert alice_server.environ["HOME"] == entry.pw_dir
 
 
-def test_home_folder_private(alice_server: ServerProcess) -> None:
-    home = Path(pwd.getpwnam("enc-alice").pw_dir)
+def test_home_folder_private(hub: Running, alice_server: ServerProcess) -> None:
+    home = Path(pwd.getpwnam(hub.settings.os_user("alice")).pw_dir)
 
     mode = stat.S_IMODE(home.stat().st_mode)
     assert mode == 0o700
@@ -57,7 +58,7 @@ def test_root_hub_user_not_uid_0(hub: Running) -> None:
         process = find_server_process(hub, "root")
 
         assert process.uid != 0
-        assert process.uid == pwd.getpwnam("enc-root").pw_uid
-        assert process.environ["USER"] == "enc-root"
+        assert process.uid == pwd.getpwnam(hub.settings.os_user("root")).pw_uid
+        assert process.environ["USER"] == hub.settings.os_user("root")
     finally:
         stop_server(hub, session, "root")
