@@ -34,9 +34,6 @@ import sys
 from pathlib import Path
 
 from enclave.config import load_settings
-from enclave.ethics.hub_service import USER_SCOPES as ETHICS_USER_SCOPES
-from enclave.ethics.hub_service import service_entry as ethics_service_entry
-from enclave.ethics.hub_service import service_role as ethics_service_role
 from enclave.hub.accounts import ROLE_GROUPS
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
@@ -226,11 +223,8 @@ known_services = {
         "environment": service_env,
     },
     # The ethics review page, at /services/ethics/ behind the hub's OAuth.
-    "ethics": ethics_service_entry(
-        f"http://127.0.0.1:{ethics_port}",
-        environment=service_env,
-        user=settings.broker_user,
-    ),
+    # Its entry comes from enclave.ethics, imported only when it is requested.
+    "ethics": None,
 }
 requested_services = _names(
     os.environ.get("ENCLAVE_HUB_SERVICES", "broker,audit,ethics")
@@ -241,6 +235,18 @@ if unknown:
         f"ENCLAVE_HUB_SERVICES names unknown services {unknown}; "
         f"choose from {sorted(known_services)}"
     )
+if "ethics" in requested_services:
+    from enclave.ethics import hub_service as ethics_service
+
+    known_services["ethics"] = ethics_service.service_entry(
+        f"http://127.0.0.1:{ethics_port}",
+        environment=service_env,
+        user=settings.broker_user,
+    )
+    # Every signed-in user may open the ethics page. The page itself decides
+    # what each role may do there.
+    c.JupyterHub.load_roles[0]["scopes"].extend(ethics_service.USER_SCOPES)
+    c.JupyterHub.load_roles.append(ethics_service.service_role())
 c.JupyterHub.services = [known_services[name] for name in requested_services]
 lookup_services = [name for name in requested_services if name != "ethics"]
 if lookup_services:
@@ -257,8 +263,3 @@ if lookup_services:
             "services": lookup_services,
         }
     )
-if "ethics" in requested_services:
-    # Every signed-in user may open the ethics page. The page itself decides
-    # what each role may do there.
-    c.JupyterHub.load_roles[0]["scopes"].extend(ETHICS_USER_SCOPES)
-    c.JupyterHub.load_roles.append(ethics_service_role())
