@@ -166,8 +166,8 @@ c.Spawner.default_url = "/lab"
 c.Spawner.notebook_dir = "~"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
-# Jupyter Server answers SIGINT by asking on stdin for 5 s whether to shut
-# down; SIGTERM shuts it down, kernels included, at once.
+# On SIGINT, Jupyter Server asks on stdin for 5 s whether to shut down.
+# SIGTERM shuts it down at once, kernels included.
 c.LocalProcessSpawner.interrupt_timeout = 0
 # Leave ~/.jupyter out of the server's configuration search path, so a user
 # cannot re-enable what the arguments below turn off.
