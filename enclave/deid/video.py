@@ -4,10 +4,10 @@ The input is decoded three times, never written to disk:
 
 1. Analysis: faces are detected on every ``detect_every``-th frame, scaled
    down and turned to display orientation; frames are sampled for text.
-2. Masking: every frame is converted to YUV 4:2:0, the face, text and keep
-   masks are applied in stored orientation, and the frame is encoded with its
-   original ``pts`` and time base, so frame count, timestamps (including a
-   variable frame rate) and duration equal the input's.
+2. Masking: every frame is converted to YUV 4:2:0 and the face, text and
+   keep masks are applied in stored orientation. The frame is encoded with
+   its original ``pts`` and time base, so frame count, timestamps (including
+   a variable frame rate) and duration equal the input's.
 3. Residual check: the encoded output is decoded and searched again with
    stricter thresholds; any face or text outside a mask fails the run.
 """
@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -136,11 +139,13 @@ def deidentify_video(
     }
     residual["faces"].pop("all_boxes")
     if not residual["passed"]:
-        raise ResidualCheckFailed(
+        error = ResidualCheckFailed(
             f"the residual check found {residual['faces']['hits']} face(s) and "
-            f"{residual['text']['hits']} text region(s) after masking, so the output was "
-            "not published; check the input or use a profile with a larger mask"
+            f"{residual['text']['hits']} text region(s) after masking, so the output "
+            "was not published; check the input or use a profile with a larger mask"
         )
+        error.report = report
+        raise error
     return DeidResult(
         output, report, "video", FORMAT_SUFFIXES.get(output_format, ".mp4")
     )
@@ -170,6 +175,61 @@ def _remask(
         )
     log.debug("masking again for %d residual faces", residual["faces"]["hits"])
     return True
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator[Any], depth: int = 6) -> Iterator[Any]:
+    """Yield from ``items`` while a background thread produces the next ``depth``.
+
+    FFmpeg releases the GIL while it decodes, so decoding the next frames
+    overlaps detection and encoding of the current one.
+    """
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer below
+            failure.append(exc)
+        finally:
+            while not stop.is_set():
+                try:
+                    buffer.put(_DONE, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    worker = threading.Thread(target=produce, name="deid-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                break
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+    if failure:
+        raise failure[0]
+
+
+def _frames_for(seconds: float, rate: Fraction | None) -> int:
+    """Return the frames in ``seconds`` at ``rate`` (25 fps if unknown), at least 1."""
+    fps = float(rate) if rate else 25.0
+    return max(1, round(seconds * fps))
 
 
 def _open_input(data: bytes) -> av.container.InputContainer:
@@ -217,11 +277,11 @@ def _analyse(data: bytes, profile: Profile, detector: FaceDetector) -> _Analysis
         )
 
         sample_text = profile.runs("text")
-        text_every = int(text.get("sample_every", 30))
+        text_every = _frames_for(text.get("sample_seconds", 4.0), stream.average_rate)
         scaled: tuple[int, int, float] | None = None
         last_frame = None
         try:
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in enumerate(_prefetched(container.decode(stream))):
                 if index == 0:
                     analysis.width, analysis.height = frame.width, frame.height
                     analysis.rotation = int(frame.rotation or 0) % 360
@@ -324,10 +384,10 @@ def _confirmed_faces(
     """Keep the uncovered residual detections that count as a face.
 
     A detection at or above the masking threshold always counts. A weaker one
-    (between the residual and the masking threshold) counts when an
+    (between the residual and the masking threshold) counts only when an
     overlapping uncovered detection is also found on a neighbouring checked
-    frame, because the detector's weak responses on non-faces flicker from
-    frame to frame while a face that the masks missed stays.
+    frame. The detector's weak responses on non-faces flicker from frame to
+    frame, while a face that the masks missed stays.
     """
     hits = []
     for position, source_index, box, score, share in candidates:
@@ -371,12 +431,14 @@ def _find_text(data: bytes, analysis: _Analysis, profile: Profile) -> list[Any]:
     frames = _FrameSequence(data, analysis)
     detector = text_module.default_detector(float(settings["threshold"]))
     return text_module.find_static_text(
-        frames, sample_every=int(settings["sample_every"]), detector=detector
+        frames,
+        sample_every=_frames_for(settings["sample_seconds"], analysis.average_rate),
+        detector=detector,
     )
 
 
 class _FrameSequence:
-    """Display-oriented RGB frames by index: sampled ones cached, others decoded on demand."""
+    """Display-oriented RGB frames by index, cached when sampled, else decoded again."""
 
     def __init__(self, data: bytes, analysis: _Analysis) -> None:
         self._data = data
@@ -593,7 +655,7 @@ def _mask_and_encode(
     try:
         with _open_input(data) as container:
             stream = _video_stream(container)
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in enumerate(_prefetched(container.decode(stream))):
                 pts = analysis.pts[index]
                 if not _kept(profile, analysis.seconds(pts)):
                     counts["keep"]["frames_cut"] += 1
@@ -677,7 +739,7 @@ def _residual_check(
     # Check the frames between detector runs, where tracking did the work.
     phase = 1 % every if faces["detect_every"] > 1 else 0
     index_of_pts = {pts: i for i, pts in enumerate(analysis.pts)}
-    text_every = int(text.get("residual_every", 30))
+    text_every = _frames_for(text.get("residual_seconds", 4.0), analysis.average_rate)
     text_frames: dict[int, np.ndarray] = {}
     # The check runs even when masking is switched off, so that switching it
     # off cannot publish text.
@@ -693,7 +755,7 @@ def _residual_check(
         out_time_base = stream.time_base
         scaled = None
         last_frame = None
-        for position, frame in enumerate(container.decode(stream)):
+        for position, frame in enumerate(_prefetched(container.decode(stream))):
             if scaled is None:
                 scaled = detection_size(
                     frame.width, frame.height, faces["detect_long_side"]
@@ -795,7 +857,7 @@ def _residual_text(
     found = text_module.residual_text(
         _SparseFrames(frames, count),
         float(settings["residual_threshold"]),
-        sample_every=int(settings["residual_every"]),
+        sample_every=_frames_for(settings["residual_seconds"], analysis.average_rate),
     )
     # OCR reads the hard edge between a black mask and a bright background as
     # a text line. A line that lies mostly under masks shows nothing, so it is

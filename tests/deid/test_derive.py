@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from enclave.audit import AuditLog
 from enclave.catalog.db import Catalog
-from enclave.catalog.models import Asset, AssetKind, Dataset, DatasetItem
+from enclave.catalog.models import Asset, AssetKind, Dataset
 from enclave.deid import derive
 from enclave.errors import (
     DeidentificationError,

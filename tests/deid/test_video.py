@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
@@ -219,11 +218,17 @@ def test_residual_check_fails_unmasked(synthetic_clip, tmp_path):
     output = tmp_path / "out" / "clip.mp4"
     output.parent.mkdir()
 
+    report = tmp_path / "report.json"
+
     with pytest.raises(ResidualCheckFailed, match="face"):
-        deidentify_file(clip.path, output, "baseline", faces_enabled=False)
+        deidentify_file(clip.path, output, "baseline", report, faces_enabled=False)
 
     assert not output.exists()
     assert list(output.parent.iterdir()) == []
+    failed = json.loads(report.read_text())
+    assert failed["residual_check"]["passed"] is False
+    assert failed["residual_check"]["faces"]["hits"] > 0
+    assert "output_sha256" not in failed
 
 
 def test_report_contents(synthetic_clip, tmp_path):
