@@ -12,6 +12,7 @@ Run by hand with ``python -m enclave.hub.launch --state-dir DIR``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -33,7 +34,13 @@ from enclave.errors import ConfigurationError
 from enclave.hub.accounts import Account, demo_accounts, totp_uri, write_accounts_file
 from enclave.hub.osusers import ensure_service_user
 
-__all__ = ["Running", "main", "print_logins", "start_enclave"]
+__all__ = [
+    "Running",
+    "main",
+    "print_logins",
+    "start_enclave",
+    "wait_for_stop_signal",
+]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +198,7 @@ def _wait_for_url(
     name: str,
     log_file: Path,
     timeout: float,
+    interval: float = 0.2,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -206,10 +214,22 @@ def _wait_for_url(
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
-        time.sleep(0.2)
+        time.sleep(interval)
     raise ConfigurationError(
         f"{name} did not respond at {url} within {timeout:.0f} s; see {log_file}"
     )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    # Runs in the child between fork and exec: the kernel sends SIGTERM to
+    # the child when the launcher dies, even by SIGKILL, so the provider and
+    # the hub (which then stops its proxy, services and servers) never
+    # outlive it.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _start_process(
@@ -224,6 +244,7 @@ def _start_process(
             env=env,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_terminate_with_parent,
         )
 
 
@@ -411,13 +432,20 @@ def start_enclave(
             hub_env,
             hub_dir,
         )
-        # The hub's own port first, because the proxy returns 404 until the hub
-        # has added its route, and logs each of those as an error.
-        for url in (
+        # The hub's own port first, then the proxy's, slowly: the proxy
+        # returns 404 until the hub has added its route, and logs each 404
+        # as an error.
+        hub_process = running.processes["hub"]
+        _wait_for_url(
             f"http://127.0.0.1:{hub_api_port}/hub/health",
-            f"{hub_url}/hub/health",
-        ):
-            _wait_for_url(url, running.processes["hub"], "JupyterHub", hub_log, timeout)
+            hub_process,
+            "JupyterHub",
+            hub_log,
+            timeout,
+        )
+        _wait_for_url(
+            f"{hub_url}/hub/health", hub_process, "JupyterHub", hub_log, timeout, 1.0
+        )
         log.info("JupyterHub is up at %s", hub_url)
     except BaseException:
         running.stop()
@@ -435,6 +463,31 @@ def print_logins(running: Running) -> None:
         if account.totp_secret:
             print(f"           second factor: {totp_uri(account)}")
     print(f"Logs: {running.log_dir}")
+
+
+def wait_for_stop_signal() -> signal.Signals:
+    """Wait for SIGINT or SIGTERM and return it; ignore both from then on.
+
+    Python runs signal handlers in the main thread, whichever thread the
+    signal reached, so this works beside the thread pools of other
+    libraries. Later signals are ignored so that a second Ctrl-C or SIGTERM
+    does not cut the stop short and leave programs running.
+    """
+    received: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in stop_signals:
+        signal.signal(signum, record)
+    while not received:
+        # Polling, unlike signal.pause(), cannot miss a signal that arrives
+        # between the check and the wait.
+        time.sleep(0.2)
+    for signum in stop_signals:
+        signal.signal(signum, signal.SIG_IGN)
+    return signal.Signals(received[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,12 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     with running:
         print_logins(running)
-        # Block the signals so that sigwait receives them. The children were
-        # started before this, so they keep the default mask.
-        stop_signals = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-        received = signal.sigwait(stop_signals)
-        log.info("stopping on %s", signal.Signals(received).name)
+        received = wait_for_stop_signal()
+        log.info("stopping on %s", received.name)
     return 0
 
 
