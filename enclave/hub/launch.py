@@ -306,7 +306,7 @@ def start_enclave(
         OS user of the audit collector; by default the broker's OS user, who
         owns the catalog and the audit key.
     timeout
-        Seconds to wait for each program to answer.
+        Seconds to wait for each program to respond.
 
     Returns
     -------
@@ -466,7 +466,7 @@ def print_logins(running: Running) -> None:
 
 
 def wait_for_stop_signal() -> signal.Signals:
-    """Wait for SIGINT or SIGTERM and return it; ignore both from then on.
+    """Wait for SIGINT or SIGTERM, return it, and ignore both from then on.
 
     Python runs signal handlers in the main thread, whichever thread the
     signal reached, so this works beside the thread pools of other
