@@ -151,3 +151,22 @@ def test_wrong_code_verifier_rejected(hub: Running) -> None:
 
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_grant"
+
+
+def test_unregistered_redirect_uri_rejected(hub: Running) -> None:
+    query = urlencode(
+        {
+            "client_id": hub.client_id,
+            "redirect_uri": "http://127.0.0.1:9/stolen",
+            "response_type": "code",
+            "scope": "openid",
+        }
+    )
+
+    response = requests.get(
+        f"{hub.issuer}/auth?{query}", allow_redirects=False, timeout=30
+    )
+
+    assert response.status_code == 400
+    assert "redirect_uri" in response.text
+    assert "Location" not in response.headers
