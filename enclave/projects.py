@@ -504,13 +504,19 @@ def list_projects(
 
 
 def authorize_read(
-    session: Session, username: str, dataset_name: str, today: dt.date | None = None
+    session: Session,
+    username: str,
+    dataset_name: str,
+    today: dt.date | None = None,
+    *,
+    require_agreement: bool = True,
 ) -> tuple[Project, Dataset]:
     """Return the project through which ``username`` may read ``dataset_name``.
 
     The user must be a current member of a project that has an unrevoked
     grant of the dataset, is approved, and runs on ``today`` (its start and
-    end dates included).
+    end dates included), and must have accepted the current version of the
+    data use agreement for that project.
 
     Parameters
     ----------
@@ -522,6 +528,9 @@ def authorize_read(
         Name of the dataset.
     today
         Date of the check; the local date by default.
+    require_agreement
+        False skips the data use agreement check, for callers that only ask
+        whether the project itself allows access.
 
     Raises
     ------
@@ -561,9 +570,19 @@ def authorize_read(
             f"dataset {dataset_name!r} is not granted to any project of {username!r}"
         )
 
+    # Imported here: the ethics package builds on this module.
+    from enclave.ethics.acceptance import has_accepted_agreement
+
     reasons = []
     for project, grant in granted:
         reason = _denial_reason(project, grant, today)
+        if reason is None and require_agreement:
+            if not has_accepted_agreement(session, username, project):
+                reason = (
+                    f"user {username!r} has not accepted the current data use "
+                    f"agreement of project {project.name!r}; accept it on the "
+                    "ethics page of the hub (/services/ethics/) before reading data"
+                )
         if reason is None:
             return project, dataset
         reasons.append(reason)

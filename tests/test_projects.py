@@ -13,6 +13,7 @@ from enclave.catalog.db import Catalog
 from enclave.catalog.models import Category, Dataset, ProjectStatus
 from enclave.cli import main
 from enclave.errors import NotFound, PermissionDenied, ValidationError
+from enclave.ethics.acceptance import accept_agreement
 from enclave.projects import (
     approve_project,
     authorize_read,
@@ -212,10 +213,17 @@ def test_create_duplicate_name(setup) -> None:  # type: ignore[no-untyped-def]
         _create(catalog, audit)
 
 
+def _accept_agreement(catalog: Catalog, audit: AuditLog, *users: str) -> None:
+    for user in users:
+        with catalog.session(immediate=True) as session:
+            accept_agreement(session, audit, "carphone-study", username=user)
+
+
 def test_authorize_read_allows_member(setup) -> None:  # type: ignore[no-untyped-def]
     catalog, audit = setup
     _create(catalog, audit)
     _approve_all(catalog, audit)
+    _accept_agreement(catalog, audit, "alice", "bob")
 
     with catalog.session() as session:
         for user in ("alice", "bob"):
@@ -242,6 +250,10 @@ def test_authorize_read_denials(setup) -> None:  # type: ignore[no-untyped-def]
             authorize_read(session, "bob", "missing", today=DURING)
 
     _approve_all(catalog, audit)
+    with catalog.session() as session:
+        with pytest.raises(PermissionDenied, match="not accepted the current data use"):
+            authorize_read(session, "bob", "carphone", today=DURING)
+    _accept_agreement(catalog, audit, "bob")
     with catalog.session() as session:
         with pytest.raises(PermissionDenied, match="ended on 2027-12-31"):
             authorize_read(session, "bob", "carphone", today=END + dt.timedelta(1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,13 +21,14 @@ import decord
 import numpy as np
 import pydicom
 import pytest
+import requests
 
 from enclave.audit import AuditLog, load_audit_key
 from enclave.catalog.db import Catalog
 from enclave.catalog.models import Dataset, MediaType
 from enclave.cli.init import initialize
 from enclave.config import Settings
-from enclave.demo import DEMO_DATASET, prepare_demo_data
+from enclave.demo import DEMO_DATASET, DEMO_PROJECT, prepare_demo_data
 from enclave.vault import KeyRing, Vault, open_asset
 from tests.e2e.notebook_runner import ServerKernel, code_cells
 from tests.fixtures.hub import login, running_test_hub, start_server
@@ -59,7 +61,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
         prepare_demo_data(settings)
         initialize()  # hands the files written above to the broker's OS user
         state_dir = tmp_path_factory.mktemp("e2e-hub")
-        with running_test_hub(settings, state_dir, services=["broker", "audit"]) as hub:
+        services = ["broker", "audit", "ethics"]
+        with running_test_hub(settings, state_dir, services=services) as hub:
             yield settings, hub
     finally:
         os.environ.clear()
@@ -92,6 +95,20 @@ def _audit(settings: Settings) -> AuditLog:
     return AuditLog(Catalog(settings.db_url), load_audit_key(settings.audit_key_path))
 
 
+def _accept_agreement(hub, session: requests.Session, project: str) -> None:
+    """Accept the project's data use agreement on the ethics page, as a browser does."""
+    url = f"{hub.hub_url}/services/ethics/projects/{project}/agreement"
+    page = session.get(url, timeout=60)
+    assert page.status_code == 200, page.text[:500]
+    form = {
+        name: re.search(rf'name="{name}" value="([^"]*)"', page.text).group(1)
+        for name in ("_xsrf", "language", "sha256")
+    }
+    response = session.post(url, data={**form, "accept": "yes"}, timeout=60)
+    assert response.status_code == 200, response.text[:500]
+    assert "agreement-status" in response.text
+
+
 def test_quickstart_runs_for_member(stack) -> None:
     settings, hub = stack
     alice = login(hub, "alice")
@@ -100,9 +117,14 @@ def test_quickstart_runs_for_member(stack) -> None:
     cells = code_cells(QUICKSTART)
 
     try:
+        before = kernel.execute(cells[0])
+        _accept_agreement(hub, alice, DEMO_PROJECT)
         runs = [kernel.execute(code) for code in cells]
     finally:
         kernel.shutdown()
+
+    assert before.status == "error"
+    assert "data use agreement" in before.errors[0]["evalue"]
 
     for run in runs:
         assert run.status == "ok", (run.code, run.errors)
@@ -114,10 +136,12 @@ def test_quickstart_runs_for_member(stack) -> None:
 
     audit = _audit(settings)
     executed = audit.events(actor="alice", action="cell.execute")
-    assert [event.detail["code"] for event in executed] == cells
+    assert [event.detail["code"] for event in executed] == [cells[0], *cells]
+    (accepted,) = audit.events(actor="alice", action="agreement.accept")
+    assert accepted.project == DEMO_PROJECT
     reads = audit.events(actor="alice", action="data.read", outcome="success")
     assert {event.dataset for event in reads} == {DEMO_DATASET}
-    assert {event.project for event in reads} == {"demo-project"}
+    assert {event.project for event in reads} == {DEMO_PROJECT}
     frames_read: dict[str, set[int]] = {path: set() for path in expected}
     for event in reads:
         start, stop = event.detail["frames"]

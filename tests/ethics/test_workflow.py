@@ -278,7 +278,9 @@ def test_amendment_keeps_approved_scope_until_approved(
         amendment_id = amendment.id
 
     with ethics_catalog.session() as session:
-        assert projects.authorize_read(session, "alice", "ward-clips")
+        assert projects.authorize_read(
+            session, "alice", "ward-clips", require_agreement=False
+        )
         with pytest.raises(PermissionDenied):
             projects.authorize_read(session, "dave", "ward-clips")
         with pytest.raises(PermissionDenied):
@@ -302,7 +304,9 @@ def test_amendment_keeps_approved_scope_until_approved(
         project = projects.get_project(session, "gait-study")
         assert project.status is ProjectStatus.APPROVED
         assert project.ends_on == new_end
-        assert projects.authorize_read(session, "dave", "icu-level4")
+        assert projects.authorize_read(
+            session, "dave", "icu-level4", require_agreement=False
+        )
 
 
 def test_amendment_by_non_member_refused(
@@ -373,7 +377,9 @@ def test_suspend_and_resume(ethics_catalog: Catalog, ethics_audit: AuditLog) -> 
             session, ethics_audit, "gait-study", actor="sec-admin", reason="Cleared."
         )
     with ethics_catalog.session() as session:
-        assert projects.authorize_read(session, "alice", "ward-clips")
+        assert projects.authorize_read(
+            session, "alice", "ward-clips", require_agreement=False
+        )
         closure = session.scalars(select(AccessClosure)).one()
         assert closure.reopened_at is not None
     actions = [action for _, action, _ in _actions(ethics_audit)]
