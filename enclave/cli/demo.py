@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from pathlib import Path
 
 from enclave.config import load_settings
@@ -57,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from enclave.cli.init import initialize
     from enclave.demo import prepare_demo_data
-    from enclave.hub.launch import print_logins, start_enclave
+    from enclave.hub.launch import print_logins, start_enclave, wait_for_stop_signal
 
     settings = load_settings()
     logging.getLogger("enclave").setLevel(logging.INFO)
@@ -81,11 +80,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     with running:
         print_logins(running)
-        print("Log in as alice and run notebooks/01-quickstart.ipynb; Ctrl-C stops.")
-        # Block the signals so that sigwait receives them; the children were
-        # started before this and keep the default mask.
-        stop_signals = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-        received = signal.sigwait(stop_signals)
-        log.info("stopping on %s", signal.Signals(received).name)
+        print(
+            "Log in as alice, accept the data use agreement of "
+            f"{data.project!r} on the ethics page ({running.hub_url}/services/ethics/), "
+            "then run notebooks/01-quickstart.ipynb. Ctrl-C stops."
+        )
+        received = wait_for_stop_signal()
+        log.info("stopping on %s", received.name)
     return 0

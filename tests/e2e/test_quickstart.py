@@ -31,7 +31,12 @@ from enclave.config import Settings
 from enclave.demo import DEMO_DATASET, DEMO_PROJECT, prepare_demo_data
 from enclave.vault import KeyRing, Vault, open_asset
 from tests.e2e.notebook_runner import ServerKernel, code_cells
-from tests.fixtures.hub import login, running_test_hub, start_server
+from tests.fixtures.hub import (
+    login,
+    running_test_hub,
+    start_server,
+    unique_user_prefix,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
         key_dir=base / "keys",
         run_dir=base / "run",
         db_url=f"sqlite:///{base / 'home' / 'catalog.sqlite'}",
+        user_prefix=unique_user_prefix(),
     )
     saved = dict(os.environ)
     os.environ.update(
@@ -55,6 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
         ENCLAVE_KEY_DIR=str(settings.key_dir),
         ENCLAVE_RUN_DIR=str(settings.run_dir),
         ENCLAVE_DB_URL=settings.db_url,
+        ENCLAVE_USER_PREFIX=settings.user_prefix,
     )
     try:
         initialize()
