@@ -4,6 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Researchers' servers, kernels and the broker run as other OS users and
+# import the package from this checkout, so every folder above it must be
+# searchable by others (o+x; nothing becomes listable or readable).
+repo=$(pwd)
+if ! su -s /bin/sh nobody -c "test -r '$repo/pyproject.toml'" 2>/dev/null; then
+    folder=$repo
+    while [[ "$folder" != "/" ]]; do
+        chmod o+x "$folder"
+        folder=$(dirname "$folder")
+    done
+    echo "install: made the folders above $repo searchable by other OS users (o+x)"
+fi
+
 want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
