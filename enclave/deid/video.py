@@ -438,12 +438,20 @@ def _find_text(data: bytes, analysis: _Analysis, profile: Profile) -> list[Any]:
 
 
 class _FrameSequence:
-    """Display-oriented RGB frames by index, cached when sampled, else decoded again."""
+    """Display-oriented RGB frames by index, cached when sampled, else decoded again.
 
-    def __init__(self, data: bytes, analysis: _Analysis) -> None:
+    The text search reads the frames of a gap between two samples one by one,
+    from either end. A miss seeks to the keyframe before the frame and decodes
+    forward, keeping the last ``window`` decoded frames, so the next frames of
+    the same gap come from memory.
+    """
+
+    def __init__(self, data: bytes, analysis: _Analysis, window: int = 48) -> None:
         self._data = data
         self._analysis = analysis
         self._index_of_pts = {pts: i for i, pts in enumerate(analysis.pts)}
+        self._window = window
+        self._recent: dict[int, av.VideoFrame] = {}
 
     def __len__(self) -> int:
         return self._analysis.frame_count
@@ -452,19 +460,28 @@ class _FrameSequence:
         cached = self._analysis.text_frames.get(index)
         if cached is not None:
             return cached
-        return self._decode(index)
+        if index not in self._recent:
+            self._decode_up_to(index)
+        return _display_rgb(self._recent[index], self._analysis.rotation)
 
-    def _decode(self, index: int) -> np.ndarray:
-        # Only the frames between two text samples where a region starts or
-        # ends are fetched here, so seeking to the keyframe before is rare.
+    def _decode_up_to(self, index: int) -> None:
         target = self._analysis.pts[index]
+        recent: dict[int, av.VideoFrame] = {}
         with _open_input(self._data) as container:
             stream = _video_stream(container)
             container.seek(target, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
-                if frame.pts is not None and frame.pts >= target:
-                    return _display_rgb(frame, self._analysis.rotation)
-        raise DeidentificationError(f"frame {index} could not be decoded again")
+                position = self._index_of_pts.get(frame.pts)
+                if position is None:
+                    continue
+                recent[position] = frame
+                if len(recent) > self._window:
+                    del recent[min(recent)]
+                if position >= index:
+                    break
+        if index not in recent:
+            raise DeidentificationError(f"frame {index} could not be decoded again")
+        self._recent = recent
 
 
 def _text_boxes_stored(

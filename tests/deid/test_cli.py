@@ -149,6 +149,7 @@ def test_derive_unknown_asset(enclave_ready, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_deid_dicom_through_dicom_module(ultrasound_path, tmp_path):
     output = tmp_path / "clean.dcm"
     report = tmp_path / "report.json"

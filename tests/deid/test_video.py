@@ -149,6 +149,34 @@ def test_carphone_face_masked(carphone_path):
     assert faces_step["frames_with_masks"] == 120
 
 
+def _flat_share(luma: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    x1, y1, x2, y2 = box
+    return _is_flat(luma[y1:y2, x1:x2])
+
+
+def test_burned_in_text_masked(synthetic_clip):
+    clip = synthetic_clip(
+        "text.mp4",
+        frames=30,
+        faces=1,
+        width=640,
+        height=360,
+        text=("PATIENT: JANE DOE", "MRN 0012345"),
+        text_until=17,
+    )
+
+    result = deidentify_bytes(clip.path.read_bytes(), clip.path.name, "baseline")
+
+    _, lumas, _ = _decode(result.data)
+    for index in range(17):
+        for box in clip.text:
+            assert _flat_share(lumas[index], box), f"text visible on frame {index}"
+    text_step = result.report["steps"]["text"]
+    assert text_step["regions"] >= 1
+    assert text_step["frames_with_masks"] == 17
+    assert result.report["residual_check"]["text"]["hits"] == 0
+
+
 def test_metadata_removed(synthetic_clip):
     clip = synthetic_clip("tagged.mp4", frames=8, audio=True)
     with av.open(str(clip.path)) as source:
@@ -283,7 +311,7 @@ def test_education_mask_larger(synthetic_clip):
 
     base_pixels = baseline.report["steps"]["faces"]["mask_pixels"]
     edu_pixels = education.report["steps"]["faces"]["mask_pixels"]
-    assert edu_pixels > 1.5 * base_pixels
+    assert edu_pixels > 1.25 * base_pixels
 
 
 def test_education_voice_anonymised(synthetic_clip):
@@ -378,3 +406,16 @@ def test_unknown_profile_rejected():
 def test_not_a_video_rejected(tmp_path):
     with pytest.raises(ValidationError, match="not a readable video"):
         deidentify_bytes(b"\x00" * 1000, "x.mp4", "baseline")
+
+
+def test_bikes_street_scene(bikes_path):
+    data = bikes_path.read_bytes()
+
+    result = deidentify_bytes(data, bikes_path.name, "baseline")
+
+    input_times, _, _ = _decode(data)
+    output_times, _, _ = _decode(result.data)
+    assert output_times == input_times
+    faces = result.report["steps"]["faces"]
+    assert faces["frames_with_masks"] > 100
+    assert result.report["residual_check"]["passed"] is True
