@@ -1,9 +1,9 @@
 """Benchmark video de-identification against the ``deface`` command.
 
-Both tools process the same 720p clip in one run of this script: a
-synthetic 10-second, 25 fps, 1280x720 H.264 clip with two real face
-photographs moving across it and two lines of burned-in identity text
-(see ``tests/fixtures/synthetic.py``), so every face and text box is known.
+Both tools process the same 720p clip in one run of this script. The clip
+is synthetic (see ``tests/fixtures/synthetic.py``): 10 seconds of 1280x720
+H.264 at 25 fps, with two real face photographs moving across it and two
+lines of burned-in identity text, so every face and text box is known.
 
 For each tool the script runs the whole command (``enclave deid ...
 --profile baseline`` and ``deface`` with its defaults) ``--runs`` times and

@@ -74,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     from enclave.errors import ResidualCheckFailed
 
     options = parse_options(args.option, args.parser)
+    _reject_vault_path(args.output)
     if args.profile == "ai-diagnosis" and _is_dicom_file(args.input):
         options["pseudonym_key"] = _pseudonym_key()
     try:
@@ -115,3 +116,20 @@ def _pseudonym_key() -> bytes:
     settings = load_settings()
     keyring = KeyRing.load(settings.master_key_path, vault_dir=settings.vault_dir)
     return PseudonymStore(settings.home / "pseudonyms", keyring).pseudonym_key
+
+
+def _reject_vault_path(output: str) -> None:
+    # The vault holds only ciphertext written by the enclave; a plaintext file
+    # there would be readable by whoever can read the vault folder.
+    from pathlib import Path
+
+    from enclave.config import load_settings
+    from enclave.errors import ValidationError
+    from enclave.system import is_within
+
+    vault_dir = load_settings().vault_dir
+    if is_within(Path(output).absolute(), vault_dir):
+        raise ValidationError(
+            f"output {output!r} is inside the vault folder {vault_dir}; "
+            "write the de-identified file outside the vault"
+        )

@@ -85,6 +85,17 @@ def test_deid_rejects_bad_option(small_clip, tmp_path, capsys):
     assert "unknown" in capsys.readouterr().err
 
 
+def test_deid_rejects_output_in_vault(small_clip, settings, capsys):
+    settings.vault_dir.mkdir(mode=0o700)
+    output = settings.vault_dir / "clean.mp4"
+
+    status = main(["deid", str(small_clip), str(output), "--profile", "baseline"])
+
+    assert status == 1
+    assert not output.exists()
+    assert "inside the vault folder" in capsys.readouterr().err
+
+
 def test_deid_missing_input(tmp_path, capsys):
     status = main(
         [

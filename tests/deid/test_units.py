@@ -25,7 +25,8 @@ def test_tracks_hold_and_interpolate():
     assert len(tracks) == 1
     assert [len(b) for b in boxes] == [1, 1, 1, 1, 1, 1, 0, 0]
     x1, y1, x2, y2 = boxes[1][0]
-    assert x1 <= 12 and x2 >= 32
+    assert x1 <= 12
+    assert x2 >= 32
     assert boxes[5][0].tolist() == [16, 10, 36, 30]
 
 
