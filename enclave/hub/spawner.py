@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pwd
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,15 @@ class EnclaveSpawner(LocalProcessSpawner):
         Passed as JUPYTER_RUNTIME_DIR. Kernels on the ipc transport create their
         Unix sockets there, and a socket path may be at most 107 bytes long, so
         keep this path short.
+        """,
+    ).tag(config=True)
+
+    example_notebooks = Unicode(
+        str(Path(__file__).resolve().parents[2] / "notebooks"),
+        help="""Folder of example notebooks copied into ``~/examples`` on each spawn.
+
+        A notebook the user already has there is left as it is, so edits
+        survive. Empty to copy nothing.
         """,
     ).tag(config=True)
 
@@ -131,6 +142,7 @@ class EnclaveSpawner(LocalProcessSpawner):
                 "a server must not run as root"
             )
         await asyncio.to_thread(ensure_runtime_dir, Path(self.runtime_root), entry)
+        await asyncio.to_thread(self._copy_examples, entry)
         self.log.info(
             "starting server of hub user %s as OS user %s (uid %d)",
             self.user.name,
@@ -138,6 +150,36 @@ class EnclaveSpawner(LocalProcessSpawner):
             entry.pw_uid,
         )
         return await super().start()
+
+    def _copy_examples(self, entry: pwd.struct_passwd) -> None:
+        if not self.example_notebooks:
+            return
+        source = Path(self.example_notebooks)
+        target = Path(entry.pw_dir) / "examples"
+        if not target.exists() and not target.is_symlink():
+            target.mkdir(mode=0o700)
+            os.chown(target, entry.pw_uid, entry.pw_gid)
+        info = target.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != entry.pw_uid:
+            # A link or someone else's folder: root must not write through it.
+            self.log.warning(
+                "not copying example notebooks: %s is not a folder of %s",
+                target,
+                entry.pw_name,
+            )
+            return
+        for notebook in sorted(source.glob("*.ipynb")):
+            copy = target / notebook.name
+            if copy.exists() or copy.is_symlink():
+                continue
+            # Written by root into a folder the user owns: never follow a
+            # link the user may have planted, and hand the file over.
+            fd = os.open(
+                copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+            )
+            with os.fdopen(fd, "wb") as file:
+                file.write(notebook.read_bytes())
+            os.chown(copy, entry.pw_uid, entry.pw_gid)
 
     def make_preexec_fn(self, name: str) -> Any:
         """Switch to the OS user of this hub user, ignoring the hub name ``name``."""

@@ -99,7 +99,9 @@ class ServerKernel:
         deadline = time.monotonic() + timeout
         while not (run.status and idle):
             if time.monotonic() > deadline:
-                raise AssertionError(f"cell did not finish within {timeout} s: {code!r}")
+                raise AssertionError(
+                    f"cell did not finish within {timeout} s: {code!r}"
+                )
             message = json.loads(self.ws.recv())
             if message.get("parent_header", {}).get("msg_id") != msg_id:
                 continue

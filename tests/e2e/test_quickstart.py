@@ -45,7 +45,9 @@ QUICKSTART = ROOT / "notebooks" / "01-quickstart.ipynb"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, object]]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Settings, object]]:
     base = Path(tempfile.mkdtemp(prefix="enclave-e2e-"))
     base.chmod(0o711)
     settings = Settings(
@@ -116,12 +118,23 @@ def _accept_agreement(hub, session: requests.Session, project: str) -> None:
     assert "agreement-status" in response.text
 
 
+def _notebook_cells(hub, session: requests.Session, owner: str, path: str) -> list[str]:
+    """Read a notebook from the user's home through the server's contents API."""
+    response = session.get(
+        f"{hub.hub_url}/user/{owner}/api/contents/{path}", timeout=60
+    )
+    assert response.status_code == 200, response.text[:500]
+    notebook = response.json()["content"]
+    return [cell["source"] for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
 def test_quickstart_runs_for_member(stack) -> None:
     settings, hub = stack
     alice = login(hub, "alice")
     start_server(hub, alice, "alice")
     kernel = ServerKernel(hub.hub_url, alice, "alice", "enclave-python")
-    cells = code_cells(QUICKSTART)
+    cells = _notebook_cells(hub, alice, "alice", "examples/01-quickstart.ipynb")
+    assert cells == code_cells(QUICKSTART)
 
     try:
         before = kernel.execute(cells[0])
