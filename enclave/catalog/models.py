@@ -40,6 +40,7 @@ __all__ = [
     "Dataset",
     "DatasetItem",
     "Grant",
+    "HubLogin",
     "LevelRule",
     "MediaType",
     "Project",
@@ -233,6 +234,12 @@ class Dataset(Base):
     category: Mapped[Category] = mapped_column(_enum(Category))
     level: Mapped[int] = mapped_column(Integer, ForeignKey("level_rules.level"))
     profile: Mapped[str] = mapped_column(String(64))
+    department: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Department whose staff may read the dataset at level 4, such as ``ultrasound``.
+
+    Readers must be in the hub group ``dept-<department>``. A level 4 dataset
+    without a department is read by nobody.
+    """
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
 
@@ -358,6 +365,28 @@ class AuditEvent(Base):
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     chain_hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class HubLogin(Base):
+    """The latest hub login of a user: how it was authenticated and the groups.
+
+    The hub writes this row at each login; the broker reads it to apply the
+    second-factor rule of levels 4 and 5 and the department rule of level 4.
+    Researchers cannot write the catalog, so they cannot forge it.
+    """
+
+    __tablename__ = "hub_logins"
+
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    logged_in_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    """End of the hub login cookie's lifetime; after it the login counts for nothing."""
+    amr: Mapped[list] = mapped_column(JSON, default=list)
+    """Authentication methods from the ID token, such as ``["pwd", "otp"]``."""
+    acr: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """Authentication context class from the ID token, such as ``urn:enclave:mfa``."""
+    groups: Mapped[list] = mapped_column(JSON, default=list)
+    """Groups the provider gave at this login, such as ``dept-ultrasound``."""
 
 
 class AuditHead(Base):
