@@ -419,3 +419,37 @@ def test_bikes_street_scene(bikes_path):
     faces = result.report["steps"]["faces"]
     assert faces["frames_with_masks"] > 100
     assert result.report["residual_check"]["passed"] is True
+
+
+@pytest.mark.parametrize("rotation", [90, 270])
+def test_display_orientation_matches_ffmpeg(synthetic_clip, tmp_path, rotation):
+    import subprocess
+
+    import imageio_ffmpeg
+    from PIL import Image
+
+    from enclave.deid.masking import to_display
+
+    clip = synthetic_clip(f"phone{rotation}.mp4", rotation=rotation, frames=2, faces=1)
+    upright = tmp_path / "upright.png"
+    # The ffmpeg command line turns frames upright by their display matrix.
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-loglevel",
+            "error",
+            "-i",
+            str(clip.path),
+            "-frames:v",
+            "1",
+            str(upright),
+        ],
+        check=True,
+    )
+
+    with av.open(str(clip.path)) as container:
+        frame = next(container.decode(video=0))
+        mine = to_display(frame.to_ndarray(format="gray"), frame.rotation % 360)
+    reference = np.asarray(Image.open(upright).convert("L"))
+    assert mine.shape == reference.shape
+    assert np.abs(mine.astype(int) - reference.astype(int)).mean() < 4
