@@ -223,3 +223,32 @@ def test_new_tech_research_keeps_no_link(catalog, vault, audit_log, synthetic_cl
         assert derivative.deid_report["identifiers"]["mode"] == "random"
         assert source.id not in str(derivative.deid_report)
     assert not (vault.root.parent / "pseudonyms").exists()
+
+
+def test_ai_diagnosis_dicom_uids_recorded(catalog, vault, audit_log, ultrasound_path):
+    from enclave.deid import derive
+    from enclave.ingest import ingest_file
+
+    source = ingest_file(
+        catalog,
+        vault,
+        audit_log,
+        ultrasound_path,
+        category="diagnosis",
+        level=2,
+        actor="steward",
+    )
+
+    derive(
+        catalog,
+        vault,
+        audit_log,
+        [source.id],
+        profile="ai-diagnosis",
+        dataset_name="echo-ai",
+        actor="steward",
+    )
+
+    entries = sorted((vault.root.parent / "pseudonyms").glob("*.bin"))
+    # One entry for the asset and at least one for a replaced DICOM UID.
+    assert len(entries) >= 2
