@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import requests
 from enclave.audit import AuditLog, load_audit_key
 from enclave.catalog.db import Catalog
 from enclave.catalog.models import Dataset, MediaType
+from enclave.cli import main as cli_main
 from enclave.cli.init import initialize
 from enclave.config import Settings
 from enclave.demo import DEMO_DATASET, DEMO_PROJECT, prepare_demo_data
@@ -192,3 +194,52 @@ def test_non_member_is_refused_and_audited(stack) -> None:
     denied = _audit(settings).events(actor="bob", outcome="denied")
     assert denied, "the broker wrote no record of the refused read"
     assert denied[-1].dataset == DEMO_DATASET
+
+
+def test_termination_ends_access_within_a_minute(stack) -> None:
+    settings, hub = stack
+    alice = login(hub, "alice")
+    start_server(hub, alice, "alice")
+    kernel = ServerKernel(hub.hub_url, alice, "alice", "enclave-python")
+    read = (
+        "import enclave\n"
+        f"tree = enclave.open_dataset({DEMO_DATASET!r})\n"
+        "print(tree['clips/0001'].frames[:2].compute().shape)"
+    )
+    reason = "consent withdrawn by the ward"
+
+    try:
+        first = kernel.execute(read)
+        status = cli_main(
+            ["project", "terminate", DEMO_PROJECT, "--as", "grace", "--reason", reason]
+        )
+        after = kernel.execute(read)
+    finally:
+        kernel.ws.close()
+
+    assert first.status == "ok", first.errors
+    assert status == 0
+    assert after.status == "error"
+    assert after.errors[0]["ename"] == "PermissionDenied"
+    assert "terminated" in after.errors[0]["evalue"]
+
+    # The ethics service's sweep stops the server and leaves a notice.
+    deadline = time.monotonic() + 60
+    model = {}
+    while time.monotonic() < deadline:
+        model = alice.get(
+            f"{hub.hub_url}/hub/api/users/alice",
+            headers={"X-XSRFToken": alice.cookies.get("_xsrf", path="/hub/")},
+            timeout=60,
+        ).json()
+        if not model.get("servers"):
+            break
+        time.sleep(2)
+    assert not model.get("servers"), "alice's server still runs a minute later"
+    page = alice.get(f"{hub.hub_url}/services/ethics/", timeout=60)
+    assert reason in page.text
+
+    audit = _audit(settings)
+    assert audit.events(action="project.terminate", project=DEMO_PROJECT)
+    assert audit.events(action="access.revoke", project=DEMO_PROJECT)
+    assert audit.verify().ok
