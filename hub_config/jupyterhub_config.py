@@ -117,6 +117,10 @@ c.EnclaveOAuthenticator.admin_users = set()
 c.EnclaveOAuthenticator.mfa_required_groups = set(
     _names(os.environ.get("ENCLAVE_MFA_GROUPS", "security-admins"))
 )
+# Each login's amr, acr and groups go to the catalog, where the broker
+# applies the login rules of levels 4 and 5 for as long as the cookie lasts.
+c.EnclaveOAuthenticator.catalog_url = settings.db_url
+c.EnclaveOAuthenticator.login_lifetime_hours = c.JupyterHub.cookie_max_age_days * 24
 c.EnclaveOAuthenticator.auto_login = True
 c.EnclaveOAuthenticator.enable_auth_state = True
 c.EnclaveOAuthenticator.logout_redirect_url = (

@@ -21,6 +21,7 @@ from enclave.broker.config import BrokerConfig
 from enclave.broker.decode import DecodedAsset, DecoderCache
 from enclave.catalog.models import Asset, DataKey, Dataset, DatasetItem, Project
 from enclave.errors import AuditUnavailable, NotFound, PermissionDenied, ValidationError
+from enclave.policy.logins import check_identity_rules
 from enclave.projects import authorize_read
 from enclave.vault import open_asset
 
@@ -97,6 +98,7 @@ class DataManager:
             for name in names:
                 try:
                     project, dataset = authorize_read(session, requester.user, name)
+                    check_identity_rules(session, requester.user, dataset)
                 except PermissionDenied:
                     continue
                 readable.append(_dataset_summary(dataset, project.name))
@@ -193,7 +195,11 @@ class DataManager:
         self, session: Session, requester: Requester, action: str, dataset_name: str
     ) -> tuple[Project, Dataset]:
         try:
-            return authorize_read(session, requester.user, dataset_name)
+            project, dataset = authorize_read(session, requester.user, dataset_name)
+            # The login rules of levels 4 and 5 come after the project's, so
+            # that a non-member learns nothing about the dataset's department.
+            check_identity_rules(session, requester.user, dataset)
+            return project, dataset
         except PermissionDenied as exc:
             self._record(
                 requester,
@@ -349,6 +355,7 @@ def _dataset_summary(dataset: Dataset, project: str) -> dict[str, Any]:
         "category": dataset.category.value,
         "level": dataset.level,
         "profile": dataset.profile,
+        "department": dataset.department,
         "project": project,
     }
 

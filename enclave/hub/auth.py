@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 from typing import Any
 
 from jupyterhub.handlers.pages import TokenPageHandler
 from oauthenticator.generic import GenericOAuthenticator
 from tornado import web
-from traitlets import Set, Unicode
+from traitlets import Float, Set, Unicode
+
+from enclave.policy.logins import MFA_METHOD
 
 __all__ = ["EnclaveOAuthenticator", "TokenPageWithScopeHandler"]
-
-MFA_METHOD = "otp"
 
 
 class TokenPageWithScopeHandler(TokenPageHandler):
@@ -39,7 +41,30 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
     The provider puts the authentication methods in the ``amr`` claim
     (``["pwd"]`` or ``["pwd", "otp"]``). Members of :attr:`mfa_required_groups`
     who signed in without ``otp`` are rejected.
+
+    With :attr:`catalog_url` set, each login's ``amr`` and ``acr`` claims and
+    groups are written to the catalog, where the broker checks the login
+    rules of levels 4 and 5. A login that cannot be written is rejected,
+    because an older record might claim a second factor this login lacks.
     """
+
+    catalog_url = Unicode(
+        "",
+        help="""URL of the enclave's catalog, where each login is recorded.
+
+        Empty records nothing, and then the broker rejects every read of
+        level 4 and 5 data.
+        """,
+    ).tag(config=True)
+
+    login_lifetime_hours = Float(
+        8.0,
+        help="""Hours a recorded login counts for the broker's login rules.
+
+        Set it to the hub's cookie lifetime (``JupyterHub.cookie_max_age_days``
+        times 24), so that a login counts only while its cookie is valid.
+        """,
+    ).tag(config=True)
 
     mfa_required_groups = Set(
         Unicode(),
@@ -77,3 +102,60 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
             )
             return False
         return True
+
+    async def run_post_auth_hook(self, handler: Any, auth_model: dict) -> dict:
+        """Record the login in the catalog, then run the configured hook."""
+        auth_model = await super().run_post_auth_hook(handler, auth_model)
+        if not self.catalog_url:
+            return auth_model
+
+        claims = (auth_model.get("auth_state") or {}).get(
+            self.user_auth_state_key
+        ) or {}
+        try:
+            await asyncio.to_thread(
+                self._record_login,
+                auth_model["name"],
+                claims.get("amr") or [],
+                claims.get("acr"),
+                auth_model.get("groups") or [],
+            )
+        except Exception as exc:
+            self.log.error(
+                "recording the login of %s failed: %s", auth_model["name"], exc
+            )
+            raise web.HTTPError(
+                503,
+                "The enclave could not record your login, so it cannot be used "
+                "for data. Try again in a minute, or ask the administrator to "
+                "check the catalog.",
+            ) from exc
+        return auth_model
+
+    def _record_login(
+        self, username: str, amr: list[str], acr: str | None, groups: list[str]
+    ) -> None:
+        # Imported here so that the hub loads SQLAlchemy models only when
+        # logins are recorded.
+        from enclave.catalog.db import Catalog
+        from enclave.policy.logins import record_hub_login
+
+        # A fresh engine per login, closed at once: the hub runs as root, and
+        # an SQLite catalog's WAL files must stay owned by the broker's user,
+        # who keeps its own connections open.
+        catalog = Catalog(self.catalog_url)
+        try:
+            with catalog.session(immediate=True) as session:
+                record_hub_login(
+                    session,
+                    username,
+                    amr=[str(method) for method in amr],
+                    acr=str(acr) if acr is not None else None,
+                    groups=[str(group) for group in groups],
+                    lifetime=dt.timedelta(hours=self.login_lifetime_hours),
+                )
+        finally:
+            catalog.dispose()
+        self.log.info(
+            "recorded the login of %s (amr %s)", username, "+".join(sorted(amr))
+        )
