@@ -1,9 +1,10 @@
 """The whole path on one machine: real video in, approved project, notebook out.
 
-Starts the OpenID provider, configurable-http-proxy, JupyterHub, the broker
-and the audit collector on loopback; logs the demo researcher in through the
-OpenID Connect flow; runs the quickstart notebook in a real kernel of her
-server; and checks the numbers, the audit trail and a non-member's refusal.
+The tests start the OpenID provider, configurable-http-proxy, JupyterHub, the
+broker, the audit collector and the ethics page on loopback. The demo
+researcher logs in through the OpenID Connect flow and runs the quickstart
+notebook in a real kernel of her server. The tests check the numbers, the
+audit trail, a non-member's refusal and the end of access at termination.
 """
 
 from __future__ import annotations
