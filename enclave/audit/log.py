@@ -115,6 +115,10 @@ DETAIL_SCHEMAS: dict[str, dict[str, str]] = {
         "derivatives": "ids of the derivative assets",
         "projects": "on denial: the projects that make the actor ineligible",
     },
+    "dataset.update": {
+        "old": "previous values of the changed fields, such as the department",
+        "new": "new values of the changed fields",
+    },
     "project.create": {
         "title": "project title",
         "pi": "principal investigator",

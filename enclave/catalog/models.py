@@ -238,7 +238,7 @@ class Dataset(Base):
     """Department whose staff may read the dataset at level 4, such as ``ultrasound``.
 
     Readers must be in the hub group ``dept-<department>``. A level 4 dataset
-    without a department is read by nobody.
+    without a department is closed to everyone.
     """
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))

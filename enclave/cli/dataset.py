@@ -1,8 +1,9 @@
-"""The ``enclave dataset`` command: list published datasets."""
+"""The ``enclave dataset`` command: list published datasets, set departments."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 
 __all__ = ["register"]
@@ -16,6 +17,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print JSON instead of a table"
     )
     listing.set_defaults(func=_list)
+
+    department = actions.add_parser(
+        "set-department",
+        help="set the department whose staff may read a level 4 dataset",
+        description=(
+            "Level 4 data is read only by members of the provider group "
+            "dept-DEPARTMENT who logged in with a second factor. A level 4 "
+            "dataset without a department is read by no one. The change is "
+            "recorded in the audit trail."
+        ),
+    )
+    department.add_argument("dataset", help="dataset name")
+    department.add_argument(
+        "department",
+        help="department name without the 'dept-' prefix, such as ultrasound, "
+        "or 'none' to clear it",
+    )
+    department.add_argument(
+        "--as",
+        dest="actor",
+        metavar="USER",
+        help="user recorded as acting (default: the OS user name)",
+    )
+    department.set_defaults(func=_set_department)
 
 
 def dataset_rows(catalog) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -35,6 +60,7 @@ def dataset_rows(catalog) -> list[dict]:  # type: ignore[no-untyped-def]
                 "category": d.category.value,
                 "level": d.level,
                 "profile": d.profile,
+                "department": d.department,
                 "created_at": d.created_at.isoformat(timespec="seconds"),
                 "created_by": d.created_by,
                 "items": [{"path": i.path, "asset_id": i.asset_id} for i in d.items],
@@ -61,4 +87,27 @@ def _list(args: argparse.Namespace) -> int:
             f"{row['name']:<32} {row['category']:<10} {row['level']:>5} "
             f"{row['profile']:<18} {len(row['items'])}"
         )
+    return 0
+
+
+def _set_department(args: argparse.Namespace) -> int:
+    from enclave.audit import AuditLog
+    from enclave.catalog.db import database_errors
+    from enclave.config import load_settings
+    from enclave.policy.logins import set_department
+
+    settings = load_settings()
+    department = None if args.department == "none" else args.department
+    with database_errors(settings.db_url):
+        audit = AuditLog.from_settings(settings)
+        with audit.catalog.session(immediate=True) as session:
+            dataset = set_department(
+                session,
+                audit,
+                args.dataset,
+                department,
+                actor=args.actor or getpass.getuser(),
+            )
+            line = f"dataset {dataset.name} department: {dataset.department or 'none'}"
+    print(line)
     return 0

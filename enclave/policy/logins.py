@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from enclave.catalog.models import Dataset, HubLogin, utcnow
-from enclave.errors import PermissionDenied
+from enclave.errors import NotFound, PermissionDenied, ValidationError
 from enclave.policy.levels import rules_for
+
+if TYPE_CHECKING:
+    from enclave.audit.log import AuditLog
 
 __all__ = [
     "ACR_MFA",
@@ -32,6 +38,7 @@ __all__ = [
     "check_identity_rules",
     "department_group",
     "record_hub_login",
+    "set_department",
     "used_second_factor",
 ]
 
@@ -44,6 +51,7 @@ ACR_MFA = "urn:enclave:mfa"
 DEPARTMENT_LEVELS = frozenset({4})
 """Levels whose data is read only by staff of the dataset's department."""
 DEPARTMENT_GROUP_PREFIX = "dept-"
+DEPARTMENT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 _LOG_IN_AGAIN = "log in again with your second factor"
 
@@ -104,6 +112,55 @@ def record_hub_login(
     login.groups = sorted(set(groups))
     session.flush()
     return login
+
+
+def set_department(
+    session: Session,
+    audit: AuditLog,
+    dataset_name: str,
+    department: str | None,
+    *,
+    actor: str,
+    source: str = "cli",
+) -> Dataset:
+    """Set or clear the department whose staff may read a level 4 dataset.
+
+    The change and its ``dataset.update`` audit record commit together.
+
+    Raises
+    ------
+    NotFound
+        If there is no dataset ``dataset_name``.
+    ValidationError
+        If ``department`` is not a lowercase name such as ``ultrasound``.
+    """
+    if department is not None and not DEPARTMENT_RE.match(department):
+        raise ValidationError(
+            f"invalid department {department!r}; use lowercase letters, digits and "
+            "dashes as in the provider group after 'dept-', such as 'ultrasound'"
+        )
+    dataset = session.scalars(
+        select(Dataset).where(Dataset.name == dataset_name)
+    ).one_or_none()
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_name!r} not found")
+
+    old = dataset.department
+    dataset.department = department
+    session.flush()
+    audit.append(
+        actor=actor,
+        action="dataset.update",
+        outcome="success",
+        source=source,
+        dataset=dataset.name,
+        detail={"old": {"department": old}, "new": {"department": department}},
+        session=session,
+    )
+    log.info(
+        "department of dataset %s set to %s by %s", dataset.name, department, actor
+    )
+    return dataset
 
 
 def check_identity_rules(

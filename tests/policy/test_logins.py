@@ -6,8 +6,10 @@ import datetime as dt
 
 import pytest
 
+from enclave.audit import AuditLog
 from enclave.catalog.db import Catalog
 from enclave.catalog.models import Category, Dataset, HubLogin, utcnow
+from enclave.cli import main
 from enclave.errors import PermissionDenied
 from enclave.policy.logins import (
     ACR_MFA,
@@ -135,3 +137,45 @@ def test_malformed_groups_are_no_groups(catalog: Catalog) -> None:
 
     with pytest.raises(PermissionDenied, match="not in that group"):
         _check(catalog, _dataset(4))
+
+
+def test_cli_sets_department_and_audits(
+    catalog: Catalog, audit_log: AuditLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with catalog.session() as session:
+        session.add(_dataset(4, department=None))
+
+    status = main(
+        ["dataset", "set-department", "level-4", "ultrasound", "--as", "erin"]
+    )
+
+    assert status == 0
+    assert "department: ultrasound" in capsys.readouterr().out
+    with catalog.session() as session:
+        assert session.get(Dataset, _dataset_id(session)).department == "ultrasound"
+    (event,) = audit_log.events(action="dataset.update")
+    assert event.actor == "erin"
+    assert event.dataset == "level-4"
+    assert event.detail["old"] == {"department": None}
+    assert event.detail["new"] == {"department": "ultrasound"}
+
+
+def test_cli_rejects_invalid_department(
+    catalog: Catalog, audit_log: AuditLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with catalog.session() as session:
+        session.add(_dataset(4, department="ultrasound"))
+
+    status = main(["dataset", "set-department", "level-4", "Dept Ultrasound"])
+
+    assert status != 0
+    assert "invalid department 'Dept Ultrasound'" in capsys.readouterr().err
+    with catalog.session() as session:
+        assert session.get(Dataset, _dataset_id(session)).department == "ultrasound"
+    assert audit_log.events(action="dataset.update") == []
+
+
+def _dataset_id(session) -> str:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    return session.scalars(select(Dataset.id).where(Dataset.name == "level-4")).one()
