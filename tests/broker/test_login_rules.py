@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from enclave.catalog.models import Category, Dataset, DatasetItem, HubLogin, utcnow
+from enclave.catalog.models import (
+    AuditEvent,
+    Category,
+    Dataset,
+    DatasetItem,
+    HubLogin,
+    utcnow,
+)
 from enclave.hub.accounts import Account, new_totp_secret
 from enclave.hub.launch import Running
 from enclave.policy.logins import ACR_MFA, record_hub_login
@@ -30,6 +37,7 @@ from tests.fixtures.broker import (
     DATASET,
     REVIEWERS,
     STEWARD,
+    ChildResult,
     Enclave,
     OsUser,
     RunningBroker,
@@ -38,7 +46,12 @@ from tests.fixtures.broker import (
     start_broker,
     stop_broker,
 )
-from tests.fixtures.hub import login, running_test_hub, unique_user_prefix
+from tests.fixtures.hub import (
+    LoginFailed,
+    login,
+    running_test_hub,
+    unique_user_prefix,
+)
 
 IDENTIFYING = "carphone-identifying"
 PROJECT = "identifying-study"
@@ -67,10 +80,10 @@ class LoginEnclave:
     hub: Running
     users: dict[str, OsUser]
 
-    def read(self, user: str, dataset: str = IDENTIFYING):  # type: ignore[no-untyped-def]
+    def read(self, user: str, dataset: str = IDENTIFYING) -> ChildResult:
         return run_as(self.users[user], self.broker.socket_path, _read(dataset))
 
-    def denials(self, user: str) -> list:
+    def denials(self, user: str) -> list[AuditEvent]:
         return self.enclave.audit.events(
             actor=user, action="data.read", outcome="denied"
         )
@@ -286,3 +299,20 @@ def test_failed_login_lookup_rejects(setup: LoginEnclave) -> None:
     assert "could not be looked up" in outcome.message
     reasons = [event.detail["reason"] for event in setup.denials("uma")]
     assert any("could not be looked up" in reason for reason in reasons)
+
+
+def test_unrecorded_login_is_rejected(setup: LoginEnclave) -> None:
+    engine = setup.enclave.catalog.engine
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE hub_logins RENAME TO hub_logins_moved"))
+    try:
+        with pytest.raises(LoginFailed) as failed:
+            login(setup.hub, "alice")
+    finally:
+        with engine.begin() as connection:
+            connection.execute(
+                text("ALTER TABLE hub_logins_moved RENAME TO hub_logins")
+            )
+
+    assert failed.value.response.status_code == 503
+    assert "could not record your login" in failed.value.response.text
