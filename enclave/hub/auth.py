@@ -11,7 +11,8 @@ from oauthenticator.generic import GenericOAuthenticator
 from tornado import web
 from traitlets import Float, Set, Unicode
 
-from enclave.policy.logins import MFA_METHOD
+from enclave.catalog.db import Catalog
+from enclave.policy.logins import MFA_METHOD, record_hub_login
 
 __all__ = ["EnclaveOAuthenticator", "TokenPageWithScopeHandler"]
 
@@ -112,12 +113,16 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
         claims = (auth_model.get("auth_state") or {}).get(
             self.user_auth_state_key
         ) or {}
+        # A claim of the wrong type is recorded as empty, which the broker
+        # reads as a login without a second factor.
+        amr = claims.get("amr")
+        acr = claims.get("acr")
         try:
             await asyncio.to_thread(
                 self._record_login,
                 auth_model["name"],
-                claims.get("amr") or [],
-                claims.get("acr"),
+                [str(method) for method in amr] if isinstance(amr, list) else [],
+                acr if isinstance(acr, str) else None,
                 auth_model.get("groups") or [],
             )
         except Exception as exc:
@@ -135,11 +140,6 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
     def _record_login(
         self, username: str, amr: list[str], acr: str | None, groups: list[str]
     ) -> None:
-        # Imported here so that the hub loads SQLAlchemy models only when
-        # logins are recorded.
-        from enclave.catalog.db import Catalog
-        from enclave.policy.logins import record_hub_login
-
         # A fresh engine per login, closed at once: the hub runs as root, and
         # an SQLite catalog's WAL files must stay owned by the broker's user,
         # who keeps its own connections open.
@@ -149,8 +149,8 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
                 record_hub_login(
                     session,
                     username,
-                    amr=[str(method) for method in amr],
-                    acr=str(acr) if acr is not None else None,
+                    amr=amr,
+                    acr=acr,
                     groups=[str(group) for group in groups],
                     lifetime=dt.timedelta(hours=self.login_lifetime_hours),
                 )
