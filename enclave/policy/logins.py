@@ -9,7 +9,7 @@ The hub records each login in the catalog (:func:`record_hub_login`): the
 ``amr`` and ``acr`` claims of the ID token and the groups the provider gave.
 The broker checks that record (:func:`check_identity_rules`). A researcher
 cannot write the catalog, so the record cannot be forged from a notebook.
-Whatever makes the record missing, expired or malformed rejects the read.
+A record that is missing, expired, malformed or unreadable rejects the read.
 """
 
 from __future__ import annotations
