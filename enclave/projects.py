@@ -267,6 +267,7 @@ def create_project(
     project.grants = [
         Grant(dataset=found[n], granted_by=created_by) for n in dataset_names
     ]
+    check_separation_of_duties(project)
     session.add(project)
 
     audit.append(
@@ -287,6 +288,30 @@ def create_project(
     )
     log.info("project %s created by %s", name, created_by)
     return project
+
+
+def check_separation_of_duties(project: Project) -> None:
+    """Raise PermissionDenied if a member prepared a dataset the project reads.
+
+    Whoever de-identified a dataset (created it or one of its derivatives)
+    must not use it: the people who remove identities are never the people
+    who analyse the result.
+    """
+    members = {m.username for m in _active_members(project)}
+    for grant in project.grants:
+        if grant.revoked_at is not None:
+            continue
+        dataset = grant.dataset
+        preparers = {dataset.created_by} | {
+            item.asset.created_by for item in dataset.items
+        }
+        conflicted = sorted(members & preparers)
+        if conflicted:
+            raise PermissionDenied(
+                f"{', '.join(conflicted)} de-identified dataset {dataset.name!r} and "
+                f"so may not be a member of project {project.name!r}; remove them "
+                "from the project or have another data steward prepare the dataset"
+            )
 
 
 def _record(
@@ -399,6 +424,7 @@ def approve_project(
     project.approvals.append(ProjectApproval(approver=approver, comment=comment))
     required = required_approvals(session, project)
     if len(project.approvals) >= required:
+        check_separation_of_duties(project)
         project.status = ProjectStatus.APPROVED
         project.approved_at = utcnow()
         project.approved_by = approver

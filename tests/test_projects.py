@@ -470,3 +470,15 @@ def test_concurrent_approvals_both_count(setup) -> None:  # type: ignore[no-unty
         assert project.status == ProjectStatus.APPROVED
         assert len(project.approvals) == 2
     assert audit.verify().ok
+
+
+def test_dataset_preparer_cannot_be_member(setup) -> None:  # type: ignore[no-untyped-def]
+    catalog, audit = setup
+
+    with pytest.raises(PermissionDenied, match="'carphone' and so may not be a member"):
+        _create(catalog, audit, members=["bob", "steward"])
+    with pytest.raises(PermissionDenied, match="de-identified dataset"):
+        _create(catalog, audit, pi="steward", members=[])
+
+    with catalog.session() as session:
+        assert list_projects(session) == []

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from enclave import projects
 from enclave.catalog.models import Grant, Project, ProjectMember, ProjectStatus, utcnow
 from enclave.errors import NotFound, ValidationError
 from enclave.ethics.forms import AmendmentRequest, FieldError, FormInvalid
@@ -326,6 +327,7 @@ def _apply_amendment(
             grant.revoked_at = None
     if amendment.new_ends_on is not None:
         project.ends_on = amendment.new_ends_on
+    projects.check_separation_of_duties(project)
     amendment.status = AmendmentStatus.APPROVED
 
 
