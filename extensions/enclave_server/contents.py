@@ -8,6 +8,8 @@ manager (nbconvert, copy) go through :meth:`EnclaveContentsManager.check_downloa
 from __future__ import annotations
 
 import logging
+import mimetypes
+import os
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -19,7 +21,7 @@ from traitlets import Instance, default
 from enclave.errors import AuditUnavailable
 
 from .audit_client import AuditClient, utc_timestamp
-from .download_policy import BlockedFile, DownloadPolicy
+from .download_policy import SNIFF_BYTES, BlockedFile, DownloadPolicy
 
 __all__ = [
     "BlockingFileHandler",
@@ -29,6 +31,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_SEND_CHUNK_BYTES = 1 << 20
 
 
 def forbidden(message: str) -> web.HTTPError:
@@ -127,9 +131,50 @@ class BlockingFileHandler(AuthenticatedFileHandler):
     @web.authenticated
     @authorized
     async def get(self, path: str, include_body: bool = True) -> None:  # type: ignore[override]
-        """Send a file that may be downloaded."""
+        """Send a file that may be downloaded, checked and read through one descriptor.
+
+        Checking the path and then letting the static file handler open it
+        again would let a cell swap a video in between (a race the check
+        would lose), so the bytes sent are the bytes checked.
+        """
         await self._check(path)
-        await super().get(path, include_body=include_body)
+        self.path = self.parse_url_path(path)
+        absolute = self.validate_absolute_path(
+            self.root, self.get_absolute_path(self.root, self.path)
+        )
+        if absolute is None:
+            return
+        manager = self.contents_manager
+        try:
+            file = open(absolute, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise web.HTTPError(404) from exc
+        with file:
+            head = file.read(SNIFF_BYTES)
+            blocked = manager.download_policy.check_content(path.strip("/"), head)
+            if blocked is not None:
+                self.log.warning("Blocked download of %r on the files route", path)
+                await record_blocked_download(manager.audit_client, blocked, "files")
+                raise forbidden(blocked.message)
+
+            content_type = mimetypes.guess_type(absolute)[0]
+            self.set_header("Content-Type", content_type or "application/octet-stream")
+            self.set_header("Cache-Control", "no-store")
+            if self.get_argument("download", None):
+                name = os.path.basename(absolute)
+                self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+            if not include_body:
+                return
+            chunk = head
+            while chunk:
+                self.write(chunk)
+                await self.flush()
+                chunk = file.read(_SEND_CHUNK_BYTES)
+
+    def compute_etag(self) -> str | None:
+        # No ETag: the body is streamed from the checked descriptor, not from
+        # the static file machinery that would hash the path's current content.
+        return None
 
     async def _check(self, path: str) -> None:
         manager = self.contents_manager

@@ -224,7 +224,10 @@ class DownloadPolicy:
             return BlockedFile(
                 path, f"its format could not be checked ({exc.strerror})"
             )
+        return self.check_content(path, head)
 
+    def check_content(self, path: str, head: bytes) -> BlockedFile | None:
+        """Return why a file starting with ``head`` (shown as ``path``) is blocked."""
         signature = sniff_format(head, (FileKind(kind) for kind in self.blocked_kinds))
         if signature is None:
             return None

@@ -29,6 +29,8 @@ import os
 import socket
 import struct
 import sys
+import tempfile
+from collections.abc import Mapping
 
 __all__ = ["ISOLATION_ENV", "IsolationError", "isolate_network", "main"]
 
@@ -145,8 +147,39 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *args])
-    return 0  # not reached: execv replaces the process
+    os.execve(
+        sys.executable,
+        [sys.executable, "-m", "ipykernel_launcher", *args],
+        kernel_environment(os.environ),
+    )
+    return 0  # not reached: execve replaces the process
+
+
+# Credentials of the user's server. Code in the kernel must not hold them: the
+# server's API token opens the server's REST API (contents, kernels, files)
+# without the browser's login and outlives a logout.
+_SERVER_CREDENTIALS = ("JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
+
+
+def kernel_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Return the kernel's environment: the server's, minus credentials and hooks.
+
+    Startup code the user could have planted is switched off so that nothing
+    runs without passing through an audited cell: IPython reads its profile
+    (startup files, configuration) from a new empty folder, and Python skips
+    the user's site-packages, where a ``usercustomize`` or ``.pth`` file runs
+    at start.
+    """
+    env = {
+        key: value
+        for key, value in environ.items()
+        if key not in _SERVER_CREDENTIALS and not key.startswith("JUPYTERHUB_")
+    }
+    env["IPYTHONDIR"] = tempfile.mkdtemp(prefix="enclave-ipython-")
+    env["PYTHONNOUSERSITE"] = "1"
+    env.pop("PYTHONSTARTUP", None)
+    env.pop("PYTHONPATH", None)
+    return env
 
 
 if __name__ == "__main__":

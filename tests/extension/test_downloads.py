@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+import threading
 
 import pytest
 import requests
@@ -114,3 +116,44 @@ def test_copy_of_blocked_file_rejected(enclave_server: EnclaveServer) -> None:
     assert response.status_code == 403
     copies = [path for path in enclave_server.root_dir.iterdir() if "Copy" in path.name]
     assert copies == []
+
+
+def test_files_route_swap_race_never_sends_video(
+    enclave_server: EnclaveServer,
+) -> None:
+    # A cell could swap a video into place between the check of a harmless
+    # file and the read that sends it; the bytes sent must be those checked.
+    root = enclave_server.root_dir
+    video = (root / "clip.txt").read_bytes()
+    harmless = b"frame,mean\n" * 1000
+    target = root / "race.txt"
+    target.write_bytes(harmless)
+    os.chown(target, enclave_server.user.uid, enclave_server.user.gid)
+    stop = threading.Event()
+
+    def swap() -> None:
+        staged = [root / "race-a.tmp", root / "race-b.tmp"]
+        staged[0].write_bytes(harmless)
+        staged[1].write_bytes(video)
+        index = 0
+        while not stop.is_set():
+            copy = root / f"race-{index % 2}.swap"
+            copy.write_bytes(staged[index % 2].read_bytes())
+            os.replace(copy, target)
+            index += 1
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    try:
+        statuses = []
+        for _ in range(150):
+            response = enclave_server.get("/files/race.txt")
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                assert not response.content.startswith(video[:12])
+                assert response.content == harmless
+    finally:
+        stop.set()
+        swapper.join(timeout=10)
+
+    assert set(statuses) <= {200, 403, 404}

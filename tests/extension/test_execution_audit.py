@@ -179,6 +179,31 @@ def test_kernel_has_no_network(enclave_server: EnclaveServer, kernel_id: str) ->
     assert lines[3] == "HTTP/1.1 200"
 
 
+def test_kernel_holds_no_server_token(
+    enclave_server: EnclaveServer, kernel_id: str
+) -> None:
+    client = KernelClient(
+        enclave_server.base_url, enclave_server.token, kernel_id, "v1"
+    )
+    code = (
+        "import os, sys, IPython\n"
+        "print(sorted(k for k in os.environ if 'TOKEN' in k or k.startswith('JUPYTERHUB_')))\n"
+        "startup = os.path.join(IPython.paths.get_ipython_dir(), 'profile_default', 'startup')\n"
+        "print(sorted(f for f in os.listdir(startup) if f.endswith(('.py', '.ipy'))) if os.path.isdir(startup) else [])\n"
+        "print(IPython.paths.get_ipython_dir().startswith(os.path.expanduser('~')))\n"
+        "print(sys.flags.no_user_site, os.environ.get('PYTHONNOUSERSITE'))\n"
+    )
+
+    result = client.execute(code)
+    client.close()
+
+    lines = result.stdout.splitlines()
+    assert lines[0] == "[]", "the kernel can read the server's credentials"
+    assert lines[1] == "[]", "the kernel runs planted IPython startup files"
+    assert lines[2] == "False", "IPython reads its profile from the user's home"
+    assert lines[3].endswith("1"), "the kernel loads the user's site-packages"
+
+
 def test_only_enclave_kernel_spec(enclave_server: EnclaveServer) -> None:
     specs = enclave_server.get("/api/kernelspecs").json()
 

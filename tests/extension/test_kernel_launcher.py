@@ -14,8 +14,28 @@ from enclave_server import kernel_launcher
 @pytest.fixture
 def exec_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     calls: list[list[str]] = []
-    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append(argv))
     return calls
+
+
+def test_kernel_environment_drops_credentials() -> None:
+    server = {
+        "JUPYTERHUB_API_TOKEN": "secret",
+        "JPY_API_TOKEN": "secret",
+        "JUPYTERHUB_USER": "alice",
+        "PYTHONSTARTUP": "/home/alice/evil.py",
+        "ENCLAVE_BROKER_SOCKET": "/run/enclave/broker.sock",
+    }
+
+    env = kernel_launcher.kernel_environment(server)
+
+    assert "JUPYTERHUB_API_TOKEN" not in env
+    assert "JPY_API_TOKEN" not in env
+    assert "JUPYTERHUB_USER" not in env
+    assert "PYTHONSTARTUP" not in env
+    assert env["PYTHONNOUSERSITE"] == "1"
+    assert os.listdir(env["IPYTHONDIR"]) == []
+    assert env["ENCLAVE_BROKER_SOCKET"] == "/run/enclave/broker.sock"
 
 
 def test_unshare_failure_stops_kernel(
