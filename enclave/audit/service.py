@@ -17,6 +17,7 @@ files it touched. The data a user read is recorded by the broker on its own.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -25,6 +26,7 @@ import pwd
 import signal
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,44 @@ MAX_CODE_BYTES = 1024 * 1024
 
 _MAX_TEXT_CHARS = 1024
 """Largest identifier, path or reason accepted, in characters."""
+
+
+RATE_WINDOW_SECONDS = 60.0
+MAX_EVENTS_PER_WINDOW = 600
+MAX_BYTES_PER_WINDOW = 16 * 1024 * 1024
+"""Per OS user and rolling minute; more gets HTTP 429, so a flood from one user's
+processes cannot fill the audit database and stop every other user."""
+
+
+class RateLimiter:
+    """Count events and bytes per uid over a rolling window."""
+
+    def __init__(
+        self,
+        max_events: int = MAX_EVENTS_PER_WINDOW,
+        max_bytes: int = MAX_BYTES_PER_WINDOW,
+        window: float = RATE_WINDOW_SECONDS,
+    ) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.window = window
+        self._seen: dict[int, collections.deque[tuple[float, int]]] = {}
+
+    def admit(self, uid: int, size: int, now: float | None = None) -> str | None:
+        """Record an event of ``size`` bytes from ``uid``; return why it is refused."""
+        now = time.monotonic() if now is None else now
+        seen = self._seen.setdefault(uid, collections.deque())
+        while seen and seen[0][0] <= now - self.window:
+            seen.popleft()
+        used = sum(size for _, size in seen)
+        if len(seen) >= self.max_events or used + size > self.max_bytes:
+            return (
+                f"too many audit events: at most {self.max_events} events and "
+                f"{self.max_bytes // (1024 * 1024)} MiB per user in "
+                f"{self.window:.0f} s; wait a minute and run the cell again"
+            )
+        seen.append((now, size))
+        return None
 
 
 @dataclass(frozen=True)
@@ -220,6 +260,12 @@ class EventsHandler(_BaseHandler):
             self.write_json(403, {"message": message})
             return
 
+        refused = self.collector.rate_limiter.admit(peer.uid, len(self.request.body))
+        if refused is not None:
+            logger.warning("rejected an audit event from %s: %s", hub_user, refused)
+            self.write_json(429, {"message": refused})
+            return
+
         try:
             payload = json.loads(self.request.body)
         except ValueError:
@@ -272,6 +318,7 @@ class _Collector:
         self.audit_log = audit_log
         self.settings = settings
         self.max_code_bytes = max_code_bytes
+        self.rate_limiter = RateLimiter()
         # One thread is enough because the chain head serialises appends
         # anyway. The thread keeps database calls off the event loop.
         self.executor = concurrent.futures.ThreadPoolExecutor(

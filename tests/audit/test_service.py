@@ -18,6 +18,7 @@ from enclave.audit import AuditLog
 from enclave.audit.service import (
     MAX_CODE_BYTES,
     EventRejected,
+    RateLimiter,
     bind_socket,
     validate_event,
 )
@@ -289,3 +290,15 @@ def test_bind_socket_bad_folder(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigurationError, match="cannot create the audit socket"):
         bind_socket(blocker / "sub" / "audit.sock")
+
+
+def test_rate_limiter_caps_events_and_bytes() -> None:
+    limiter = RateLimiter(max_events=3, max_bytes=100, window=60)
+
+    assert limiter.admit(1000, 10, now=0.0) is None
+    assert limiter.admit(1000, 10, now=1.0) is None
+    assert limiter.admit(1000, 10, now=2.0) is None
+    assert "at most 3 events" in limiter.admit(1000, 10, now=3.0)
+    assert limiter.admit(1001, 90, now=3.0) is None, "another user has its own quota"
+    assert "too many audit events" in limiter.admit(1001, 20, now=4.0)
+    assert limiter.admit(1000, 10, now=61.0) is None, "the window rolls on"
