@@ -1,4 +1,4 @@
-"""Where the enclave keeps its state, read from the environment.
+"""Locations of the enclave's state, read from the environment.
 
 The defaults put the catalog (SQLite), the vault and the sockets under one
 data folder, and the key files in a separate folder, so that a copy of the
@@ -33,7 +33,7 @@ class Settings:
     broker_user: str = "enclave-broker"
     """OS user of the broker, the only process that reads the vault and keys."""
     user_prefix: str = "enc-"
-    """Prefix of the OS user name of each hub user (hub ``alice`` runs as ``enc-alice``)."""
+    """Prefix of each hub user's OS user name: hub ``alice`` runs as ``enc-alice``."""
 
     @property
     def vault_dir(self) -> Path:

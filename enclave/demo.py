@@ -60,8 +60,8 @@ def prepare_demo_data(settings: Settings) -> DemoData:
             ids = tuple(item.asset.source_id or "" for item in dataset.items)
             return DemoData(DEMO_DATASET, DEMO_PROJECT, ids, created=False)
 
-    # One dataset holds one category; the samples stand for recordings made
-    # for teaching and research observation.
+    # A dataset contains one category. The samples are treated as recordings
+    # made for teaching and research observation.
     sources = [
         samples.carphone_path(),
         samples.bikes_path(),

@@ -293,9 +293,9 @@ def create_project(
 def check_separation_of_duties(project: Project) -> None:
     """Raise PermissionDenied if a member prepared a dataset the project reads.
 
-    Whoever de-identified a dataset (created it or one of its derivatives)
-    must not use it: the people who remove identities are never the people
-    who analyse the result.
+    A user who de-identified a dataset (created it or one of its derivatives)
+    may not be a member, because the people who remove identities must not be
+    the people who analyse the result.
     """
     members = {m.username for m in _active_members(project)}
     for grant in project.grants:
@@ -541,8 +541,8 @@ def authorize_read(
 
     The user must be a current member of a project that has an unrevoked
     grant of the dataset, is approved, and runs on ``today`` (its start and
-    end dates included), and must have accepted the current version of the
-    data use agreement for that project.
+    end dates included). The user must also have accepted the current
+    version of the project's data use agreement.
 
     Parameters
     ----------

@@ -60,8 +60,8 @@ def prepare_folders(settings: Settings) -> None:
 def fix_ownership(settings: Settings) -> None:
     """Give every file under the data and key folders to the broker's OS user.
 
-    Commands run by root (ingest, derive, project) create files as root; the
-    broker must own them to read them, and nobody else may.
+    Commands run by root (ingest, derive, project) create files as root. The
+    broker must own them to read them, and no other account may read them.
     """
     owner = _service_owner(settings)
     if owner is None:

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Researchers' servers, kernels and the broker run as other OS users and
 # import the package from this checkout, so every folder above it must be
-# searchable by others (o+x; nothing becomes listable or readable).
+# searchable by others (o+x). Nothing becomes listable or readable.
 repo=$(pwd)
 if ! su -s /bin/sh nobody -c "test -r '$repo/pyproject.toml'" 2>/dev/null; then
     folder=$repo

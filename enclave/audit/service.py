@@ -72,8 +72,8 @@ _MAX_TEXT_CHARS = 1024
 RATE_WINDOW_SECONDS = 60.0
 MAX_EVENTS_PER_WINDOW = 600
 MAX_BYTES_PER_WINDOW = 16 * 1024 * 1024
-"""Per OS user and rolling minute; more gets HTTP 429, so a flood from one user's
-processes cannot fill the audit database and stop every other user."""
+"""Limits per OS user and rolling minute. More gets HTTP 429, so that a flood from
+one user's processes cannot fill the audit database and stop every other user."""
 
 
 class RateLimiter:

@@ -164,8 +164,8 @@ _SERVER_CREDENTIALS = ("JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
 def kernel_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """Return the kernel's environment: the server's, minus credentials and hooks.
 
-    Startup code the user could have planted is switched off so that nothing
-    runs without passing through an audited cell: IPython reads its profile
+    Startup code the user could have planted is switched off, so that nothing
+    runs without passing through an audited cell. IPython reads its profile
     (startup files, configuration) from a new empty folder, and Python skips
     the user's site-packages, where a ``usercustomize`` or ``.pth`` file runs
     at start.

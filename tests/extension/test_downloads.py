@@ -122,7 +122,7 @@ def test_files_route_swap_race_never_sends_video(
     enclave_server: EnclaveServer,
 ) -> None:
     # A cell could swap a video into place between the check of a harmless
-    # file and the read that sends it; the bytes sent must be those checked.
+    # file and the read that sends it. The bytes sent must be those checked.
     root = enclave_server.root_dir
     video = (root / "clip.txt").read_bytes()
     harmless = b"frame,mean\n" * 1000
