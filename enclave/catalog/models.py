@@ -47,6 +47,8 @@ __all__ = [
     "ProjectApproval",
     "ProjectMember",
     "ProjectStatus",
+    "ReidentificationRequest",
+    "ReidentificationStatus",
     "new_id",
     "utcnow",
 ]
@@ -387,6 +389,46 @@ class HubLogin(Base):
     """Authentication context class from the ID token, such as ``urn:enclave:mfa``."""
     groups: Mapped[list] = mapped_column(JSON, default=list)
     """Groups the provider gave at this login, such as ``dept-ultrasound``."""
+
+
+class ReidentificationStatus(str, enum.Enum):
+    """Where a re-identification request stands."""
+
+    PENDING = "pending"  # waiting for a second person's decision
+    APPROVED = "approved"  # the requester may reveal the entry once
+    DENIED = "denied"
+    REVEALED = "revealed"  # the entry was shown; the request is used up
+    EXPIRED = "expired"  # not decided, or not revealed, in time
+    WITHDRAWN = "withdrawn"  # withdrawn by the requester
+
+
+class ReidentificationRequest(Base):
+    """A request to read the mapping entry of one pseudonym, decided by a second person.
+
+    ``expires_at`` is the deadline of the next step: the decision while the
+    request is pending, the reveal once it is approved.
+    """
+
+    __tablename__ = "reidentification_requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    pseudonym: Mapped[str] = mapped_column(String(32), index=True)
+    requester: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[ReidentificationStatus] = mapped_column(
+        _enum(ReidentificationStatus), default=ReidentificationStatus.PENDING
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    approver: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The second person who approved or denied the request."""
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revealed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    """Row version for optimistic locking: concurrent decisions change state once."""
+
+    __mapper_args__ = {"version_id_col": version}
 
 
 class AuditHead(Base):
