@@ -29,8 +29,8 @@ def suspend(
 ) -> Project:
     """Suspend an approved project; its members lose access until it is resumed.
 
-    Working copies are kept, because a suspension can be lifted; the broker
-    refuses the project's datasets while it is suspended.
+    The project's working copies are destroyed by key destruction, as at
+    its end. The broker rejects the project's datasets while it is suspended.
 
     Raises
     ------
@@ -74,6 +74,9 @@ def resume(
 ) -> Project:
     """Lift a suspension; members get access again if the project has not ended.
 
+    Working copies destroyed at the suspension stay destroyed, and the
+    ``project.resume`` audit event lists them.
+
     Raises
     ------
     ValidationError
@@ -97,14 +100,18 @@ def resume(
 
     project.status = ProjectStatus.APPROVED
     project.end_reason = None
-    reopen_access(session, project)
+    destroyed = reopen_access(session, project)
     audit.append(
         actor=actor,
         action="project.resume",
         outcome="success",
         source=SOURCE,
         project=name,
-        detail={"status": project.status.value, "reason": reason},
+        detail={
+            "status": project.status.value,
+            "reason": reason,
+            "working_copies_destroyed": destroyed,
+        },
         session=session,
     )
     return project

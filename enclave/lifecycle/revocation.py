@@ -8,7 +8,7 @@ and on demand with ``enclave ethics revoke-expired``. It
    terminated or suspended project that lacks one. The closure leaves each
    member a notice saying why access ended and records an ``access.revoke``
    audit event. It also destroys the project's working copies by key
-   destruction, except on suspension, which can be lifted;
+   destruction, on suspension too, so a resumed project starts without them;
 3. in the hub, removes the members from the project's group, stops their
    servers and revokes their API and OAuth tokens, retrying on the next
    sweep until the hub accepts every call;
@@ -32,7 +32,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from enclave.catalog.models import Grant, Project, ProjectStatus, utcnow
-from enclave.ethics.models import AccessClosure, AccessNotice, ClosureCause
+from enclave.ethics.models import (
+    AccessClosure,
+    AccessNotice,
+    ClosureCause,
+    WorkingCopy,
+)
 from enclave.lifecycle.hub_client import HubApiError, HubClient, project_group
 from enclave.lifecycle.working_copies import destroy_working_copies
 
@@ -112,9 +117,10 @@ def close_access(
 ) -> AccessClosure:
     """Record the end of a project's access in the session's transaction.
 
-    Leaves a notice for every member, destroys the working copies unless the
-    project is only suspended, and records an ``access.revoke`` audit event.
-    The hub steps follow in the next sweep.
+    Leaves a notice for every member, destroys the working copies by key
+    destruction whatever the cause, and records an ``access.revoke`` audit
+    event that lists the destroyed assets. The hub steps follow in the next
+    sweep.
     """
     members = _members(project)
     closure = AccessClosure(
@@ -132,15 +138,16 @@ def close_access(
             )
         )
 
-    destroyed: list[str] = []
-    if cause is not ClosureCause.SUSPENDED:
-        destroyed = destroy_working_copies(
-            session,
-            audit,
-            project,
-            actor=actor,
-            reason=f"project {cause.value}: {reason}",
-        )
+    # A suspension destroys the working copies too, because it ends access to
+    # the project's data just as the end date does. Resuming does not bring
+    # them back.
+    destroyed = destroy_working_copies(
+        session,
+        audit,
+        project,
+        actor=actor,
+        reason=f"project {cause.value}: {reason}",
+    )
     session.flush()
     audit.append(
         actor=actor,
@@ -162,11 +169,18 @@ def close_access(
     return closure
 
 
-def reopen_access(session: Session, project: Project) -> None:
+def reopen_access(session: Session, project: Project) -> list[str]:
     """Mark the open suspensions of ``project`` as lifted and dismiss their notices.
 
     A suspension whose hub revocation is still pending is not revoked
-    afterwards, so resuming a project never logs its members out.
+    afterwards, so resuming a project never logs its members out. Working
+    copies destroyed at the suspension stay destroyed.
+
+    Returns
+    -------
+    list of str
+        Ids of the project's destroyed working copies, for the record of
+        the resumption.
     """
     now = utcnow()
     for closure in session.scalars(
@@ -185,6 +199,16 @@ def reopen_access(session: Session, project: Project) -> None:
         )
     ):
         notice.dismissed_at = now
+    return list(
+        session.scalars(
+            select(WorkingCopy.asset_id)
+            .where(
+                WorkingCopy.project_id == project.id,
+                WorkingCopy.destroyed_at.is_not(None),
+            )
+            .order_by(WorkingCopy.asset_id)
+        )
+    )
 
 
 def end_expired_projects(

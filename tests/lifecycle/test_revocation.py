@@ -20,7 +20,7 @@ from enclave.catalog.models import (
     MediaType,
     ProjectStatus,
 )
-from enclave.errors import PermissionDenied
+from enclave.errors import PermissionDenied, ValidationError
 from enclave.ethics import workflow
 from enclave.ethics.models import AccessClosure, AccessNotice, WorkingCopy
 from enclave.lifecycle.hub_client import HubClient, project_group
@@ -148,7 +148,9 @@ def test_end_destroys_working_copies(catalog: Catalog, audit: AuditLog) -> None:
     assert record.detail["destroyed_at"]
 
 
-def test_suspension_keeps_working_copies(catalog: Catalog, audit: AuditLog) -> None:
+def test_suspension_destroys_working_copies(
+    catalog: Catalog, audit: AuditLog
+) -> None:
     _approved(catalog, audit)
     asset_id = _working_copy(catalog)
 
@@ -156,8 +158,46 @@ def test_suspension_keeps_working_copies(catalog: Catalog, audit: AuditLog) -> N
         workflow.suspend(session, audit, "gait-study", actor="heidi", reason="alert")
 
     with catalog.session() as session:
-        assert session.get(DataKey, asset_id) is not None
-    assert audit.events(action="asset.destroy") == []
+        asset = session.get(Asset, asset_id)
+        copy = session.get(WorkingCopy, asset_id)
+        assert session.get(DataKey, asset_id) is None
+        assert asset is not None and asset.destroyed_at is not None
+        assert copy is not None and copy.destroyed_by == "heidi"
+    destroyed = audit.events(action="asset.destroy")
+    assert [event.target for event in destroyed] == [asset_id]
+    assert destroyed[0].detail["method"] == "key destruction"
+    assert destroyed[0].detail["reason"] == "project suspended: alert"
+    closure = audit.events(action="access.revoke")[-1]
+    assert closure.detail["cause"] == "suspended"
+    assert closure.detail["working_copies_destroyed"] == [asset_id]
+    assert audit.verify().ok
+
+
+def test_resume_keeps_copies_destroyed(catalog: Catalog, audit: AuditLog) -> None:
+    _approved(catalog, audit)
+    asset_id = _working_copy(catalog)
+    with catalog.session(immediate=True) as session:
+        workflow.suspend(session, audit, "gait-study", actor="heidi", reason="alert")
+
+    with catalog.session(immediate=True) as session:
+        workflow.resume(session, audit, "gait-study", actor="heidi", reason="cleared")
+
+    with catalog.session() as session:
+        asset = session.get(Asset, asset_id)
+        copy = session.get(WorkingCopy, asset_id)
+        assert session.get(DataKey, asset_id) is None
+        assert asset is not None and asset.destroyed_at is not None
+        assert copy is not None and copy.destroyed_at is not None
+        project = projects.get_project(session, "gait-study")
+        assert project.status is ProjectStatus.APPROVED
+        with pytest.raises(ValidationError, match="is destroyed"):
+            record_working_copy(
+                session, asset_id=asset_id, project=project, created_by="alice"
+            )
+    resumed = audit.events(action="project.resume")[-1]
+    assert resumed.detail["working_copies_destroyed"] == [asset_id]
+    # Only the suspension destroyed anything.
+    assert len(audit.events(action="asset.destroy")) == 1
 
 
 def test_termination_outside_the_service_is_closed(
