@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import requests
 from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
 
 from tests.extension.conftest import EnclaveServer
@@ -209,8 +210,46 @@ def test_only_enclave_kernel_spec(enclave_server: EnclaveServer) -> None:
 
     assert specs["default"] == "enclave-python"
     assert list(specs["kernelspecs"]) == ["enclave-python"]
-    response = enclave_server.post("/api/kernels", {"name": "python3"})
-    assert response.status_code >= 400
+
+
+def test_plain_python_kernel_rejected(enclave_server: EnclaveServer) -> None:
+    before = enclave_server.get("/api/kernels").json()
+    kernel = enclave_server.post("/api/kernels", {"name": "python3"})
+    session = enclave_server.post(
+        "/api/sessions",
+        {"path": "a.ipynb", "type": "notebook", "kernel": {"name": "python3"}},
+    )
+    after = enclave_server.get("/api/kernels").json()
+
+    for response in (kernel, session):
+        assert response.status_code == 403
+        message = response.json()["message"]
+        assert "Kernel spec 'python3' is not allowed" in message
+        assert "start 'enclave-python' instead" in message
+    assert after == before
+
+
+def test_session_switch_to_plain_kernel_rejected(
+    enclave_server: EnclaveServer,
+) -> None:
+    created = enclave_server.post(
+        "/api/sessions",
+        {"path": "b.ipynb", "type": "notebook", "kernel": {"name": "enclave-python"}},
+    )
+    assert created.status_code == 201, created.text
+    session_id = created.json()["id"]
+
+    switched = requests.patch(
+        f"{enclave_server.base_url}/api/sessions/{session_id}",
+        headers={"Authorization": f"token {enclave_server.token}"},
+        data=json.dumps({"kernel": {"name": "python3"}}),
+        timeout=60,
+    )
+    session = enclave_server.get(f"/api/sessions/{session_id}").json()
+
+    assert switched.status_code == 403
+    assert "Kernel spec 'python3' is not allowed" in switched.json()["message"]
+    assert session["kernel"]["name"] == "enclave-python"
 
 
 def test_terminals_disabled(enclave_server: EnclaveServer) -> None:
