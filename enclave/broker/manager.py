@@ -19,7 +19,15 @@ from sqlalchemy.orm import Session
 
 from enclave.broker.config import BrokerConfig
 from enclave.broker.decode import DecodedAsset, DecoderCache
-from enclave.catalog.models import Asset, DataKey, Dataset, DatasetItem, Project
+from enclave.catalog.models import (
+    Asset,
+    DataKey,
+    Dataset,
+    DatasetItem,
+    Grant,
+    Project,
+    ProjectMember,
+)
 from enclave.errors import AuditUnavailable, NotFound, PermissionDenied, ValidationError
 from enclave.policy.logins import check_identity_rules
 from enclave.projects import authorize_read
@@ -194,22 +202,19 @@ class DataManager:
     def _authorize(
         self, session: Session, requester: Requester, action: str, dataset_name: str
     ) -> tuple[Project, Dataset]:
+        """Return the project and dataset ``requester`` may read, or raise.
+
+        An unknown dataset and one that no project of the requester is granted
+        get the same PermissionDenied, so that the answer does not reveal
+        which dataset names exist. The audit record keeps the real reason.
+        """
         try:
             project, dataset = authorize_read(session, requester.user, dataset_name)
             # The login rules of levels 4 and 5 come after the project's, so
             # that a non-member learns nothing about the dataset's department.
             check_identity_rules(session, requester.user, dataset)
             return project, dataset
-        except PermissionDenied as exc:
-            self._record(
-                requester,
-                action,
-                OUTCOME_DENIED,
-                dataset=dataset_name,
-                detail={"reason": str(exc)},
-            )
-            raise
-        except NotFound as exc:
+        except (PermissionDenied, NotFound) as exc:
             # Probing for dataset names is recorded like any other refusal.
             self._record(
                 requester,
@@ -218,6 +223,14 @@ class DataManager:
                 dataset=dataset_name,
                 detail={"reason": str(exc)},
             )
+            if isinstance(exc, NotFound) or not _is_granted_to_member(
+                session, requester.user, dataset_name
+            ):
+                raise PermissionDenied(
+                    f"dataset {dataset_name!r} does not exist or no current project "
+                    f"of {requester.user!r} is granted it; check the name with "
+                    "list_datasets() or ask your project owner for a grant"
+                ) from None
             raise
 
     def _open(self, item: DatasetItem) -> DecodedAsset:
@@ -341,6 +354,26 @@ class DataManager:
             # Fail closed: whatever stops the record stops the response.
             log.error("audit append of %s failed: %s", fields.get("action"), exc)
             raise AuditUnavailable("the audit trail cannot be written") from exc
+
+
+def _is_granted_to_member(session: Session, username: str, dataset_name: str) -> bool:
+    """Return True if a project that ``username`` belongs to has a grant of the dataset.
+
+    The grant may be revoked and the project may have ended. Such a user has
+    seen the dataset through the project, so the detailed refusal is shown.
+    """
+    query = (
+        select(Grant.id)
+        .join(Dataset, Grant.dataset_id == Dataset.id)
+        .join(ProjectMember, ProjectMember.project_id == Grant.project_id)
+        .where(
+            Dataset.name == dataset_name,
+            ProjectMember.username == username,
+            ProjectMember.removed_at.is_(None),
+        )
+        .limit(1)
+    )
+    return session.scalars(query).first() is not None
 
 
 def _is_readable(item: DatasetItem) -> bool:

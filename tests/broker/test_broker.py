@@ -143,11 +143,57 @@ def test_outsider_is_denied_and_audited(
     outcome = run_as(outsider, broker.socket_path, code)
 
     assert outcome.error == "PermissionDenied"
-    assert "not a member of any project" in outcome.message
+    assert f"dataset {DATASET!r} does not exist or no current project" in (
+        outcome.message
+    )
     denied = broker.enclave.audit.events(actor=outsider.hub_name, outcome="denied")
     assert [event.action for event in denied] == ["data.read"]
     assert denied[0].dataset == DATASET
     assert "not a member" in denied[0].detail["reason"]
+
+
+PROBE = """
+import http.client, json, socket
+result = {}
+for name in ("@@NAME@@", "no-such-dataset"):
+    for path in (f"/v1/datasets/{name}", f"/v1/datasets/{name}/items/clips/0001/frames?start=0&stop=1"):
+        connection = http.client.HTTPConnection("localhost")
+        connection.sock = socket.socket(socket.AF_UNIX)
+        connection.sock.connect("@@SOCKET@@")
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        kind = "frames" if "frames" in path else "describe"
+        result[f"{name} {kind}"] = [response.status, body["error"], body["message"]]
+"""
+
+
+def test_dataset_names_cannot_be_probed(
+    broker: RunningBroker, outsider: OsUser
+) -> None:
+    # An existing dataset that the user may not read and a name that does not
+    # exist get the same status and message, apart from the name itself.
+    code = PROBE.replace("@@NAME@@", DATASET).replace(
+        "@@SOCKET@@", str(broker.socket_path)
+    )
+
+    answers = run_as(outsider, broker.socket_path, code).result
+
+    for kind in ("describe", "frames"):
+        existing = answers[f"{DATASET} {kind}"]
+        unknown = answers[f"no-such-dataset {kind}"]
+        assert existing[0] == unknown[0] == 403
+        assert existing[1] == unknown[1] == "permission_denied"
+        assert existing[2].replace(DATASET, "NAME") == unknown[2].replace(
+            "no-such-dataset", "NAME"
+        )
+        assert "does not exist or no current project" in unknown[2]
+    for name, reason in ((DATASET, "not a member"), ("no-such-dataset", "not found")):
+        denied = broker.enclave.audit.events(
+            actor=outsider.hub_name, dataset=name, outcome="denied"
+        )
+        assert {event.action for event in denied} >= {"data.list", "data.read"}
+        assert all(reason in event.detail["reason"] for event in denied)
     assert (
         broker.enclave.audit.events(
             actor=outsider.hub_name, action="data.read", outcome="success"
@@ -261,10 +307,10 @@ def test_bad_requests_get_clear_errors(broker: RunningBroker, member: OsUser) ->
         "NotFound",
         f"dataset {DATASET!r} has no item 'clips/9999'",
     ]
-    assert errors["unknown_dataset"] == [
-        "NotFound",
-        "dataset 'no-such-dataset' not found",
-    ]
+    assert errors["unknown_dataset"][0] == "PermissionDenied"
+    assert "'no-such-dataset' does not exist or no current project" in (
+        errors["unknown_dataset"][1]
+    )
     assert errors["not_integer"][0] == "ValidationError"
     assert "start='a' is not an integer" in errors["not_integer"][1]
     assert errors["missing_stop"][0] == "ValidationError"
