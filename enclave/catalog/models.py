@@ -392,7 +392,7 @@ class HubLogin(Base):
 
 
 class ReidentificationStatus(str, enum.Enum):
-    """Where a re-identification request stands."""
+    """State of a re-identification request in its workflow."""
 
     PENDING = "pending"  # waiting for a second person's decision
     APPROVED = "approved"  # the requester may reveal the entry once
