@@ -10,6 +10,14 @@ The actor of every event is the hub user of the socket peer's uid, read with
 ``SO_PEERCRED``, so a payload cannot name its user. A process whose OS user
 does not carry the enclave user prefix of the settings is rejected.
 
+Cell executions and blocked downloads are posted only by the Jupyter server.
+Its kernels run as the same OS user, but in a user namespace of their own
+(see ``enclave_server.kernel_launcher``), so the collector accepts these
+actions only from a peer process whose user namespace has the same uid and
+gid maps as the collector's own. A kernel that connects to the socket and
+posts a ``cell.execute`` event gets HTTP 403, and the attempt is recorded as
+``audit.event_rejected``.
+
 What an event does not capture: the outputs of a cell, its variables or the
 files it touched. The data a user read is recorded by the broker on its own.
 """
@@ -22,7 +30,9 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import os
 import pwd
+import select
 import signal
 import socket
 import struct
@@ -49,9 +59,11 @@ from enclave.errors import (
 __all__ = [
     "EVENT_SOURCE",
     "MAX_CODE_BYTES",
+    "SERVER_ONLY_ACTIONS",
     "EventRejected",
     "PeerCredentials",
     "make_app",
+    "outside_own_user_namespace",
     "peer_credentials",
     "serve",
     "validate_event",
@@ -137,6 +149,16 @@ _EVENT_FIELDS: dict[str, dict[str, _Field]] = {
 }
 _OUTCOMES = {"cell.execute": "success", "download.blocked": "denied"}
 
+SERVER_ONLY_ACTIONS = frozenset({"cell.execute", "download.blocked"})
+"""Actions accepted only from a process in the collector's user namespace."""
+
+REJECTED_ACTION = "audit.event_rejected"
+"""Action of the record that notes a server-only event posted from elsewhere."""
+
+# Linux 6.5 and later return a pidfd of the socket's peer for this option.
+# Python 3.11 lacks the constant; 77 is its value on x86 and arm64.
+_SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+
 
 class EventRejected(Exception):
     """A posted event is invalid; ``status`` is the HTTP status to reply with."""
@@ -161,6 +183,55 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+def _read_id_maps(pid: int | str) -> tuple[str, str]:
+    # Any process may read the id maps of any other, unlike /proc/PID/ns/user.
+    maps = []
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{pid}/{name}", encoding="ascii") as file:
+            maps.append(" ".join(file.read().split()))
+    return maps[0], maps[1]
+
+
+def _has_exited(pidfd: int) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def outside_own_user_namespace(sock: socket.socket, pid: int) -> str | None:
+    """Return why the peer ``pid`` of ``sock`` is not in this process's user namespace.
+
+    Returns None when the peer's uid and gid maps, as this process reads them,
+    equal its own. The maps of a process in a child user namespace, such as
+    an enclave kernel, list only the ids it mapped. Where Linux offers
+    ``SO_PEERPIDFD``, a peer that exited before the check is rejected, so
+    that a reused pid cannot stand in for it.
+    """
+    if pid <= 0:
+        return "the peer's pid is not visible in the collector's pid namespace"
+    try:
+        pidfd: int | None = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERPIDFD)
+    except OSError:
+        # NOTE: before Linux 6.5 the check reads the maps by pid alone, so a
+        # peer that exits and whose pid is reused in time is not caught.
+        pidfd = None
+    try:
+        try:
+            peer_maps = _read_id_maps(pid)
+        except OSError as exc:
+            return f"the user namespace of pid {pid} cannot be read ({exc.strerror})"
+        if pidfd is not None and _has_exited(pidfd):
+            return f"pid {pid} exited before its user namespace was checked"
+        if peer_maps != _read_id_maps("self"):
+            return (
+                f"pid {pid} runs in another user namespace (uid map {peer_maps[0]!r})"
+            )
+        return None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def validate_event(
@@ -278,6 +349,13 @@ class EventsHandler(_BaseHandler):
             self.write_json(exc.status, {"message": exc.message})
             return
 
+        action = event["action"]
+        if action in SERVER_ONLY_ACTIONS:
+            problem = outside_own_user_namespace(stream.socket, peer.pid)
+            if problem is not None:
+                await self._reject_foreign_poster(hub_user, peer, action, problem)
+                return
+
         try:
             record = await self.collector.append(hub_user, peer, event)
         except ValidationError as exc:
@@ -293,6 +371,29 @@ class EventsHandler(_BaseHandler):
             )
             return
         self.write_json(201, {"seq": record.seq, "hash": record.chain_hash})
+
+    async def _reject_foreign_poster(
+        self, hub_user: str, peer: PeerCredentials, action: str, problem: str
+    ) -> None:
+        """Reply 403 to a server-only event from another process and record it."""
+        logger.warning(
+            "rejected a %s event from %s (pid %d): %s", action, hub_user, peer.pid, problem
+        )
+        try:
+            await self.collector.record_rejection(hub_user, peer, action, problem)
+        except AuditUnavailable as exc:
+            logger.error(
+                "the rejected %s event from %s (pid %d) was not recorded: %s",
+                action,
+                hub_user,
+                peer.pid,
+                exc,
+            )
+        message = (
+            f"{action} events are accepted only from the Jupyter server, and {problem}; "
+            "code in a kernel cannot post them"
+        )
+        self.write_json(403, {"message": message})
 
 
 class HealthHandler(_BaseHandler):
@@ -368,6 +469,29 @@ class _Collector:
             logger.exception(
                 "unexpected error while appending %s for %s", action, hub_user
             )
+            raise AuditUnavailable(f"{type(exc).__name__} while appending") from exc
+
+    async def record_rejection(
+        self, hub_user: str, peer: PeerCredentials, action: str, reason: str
+    ) -> Any:
+        """Append an ``audit.event_rejected`` record for a refused server-only event."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self.executor,
+                lambda: self.audit_log.append(
+                    actor=hub_user,
+                    action=REJECTED_ACTION,
+                    outcome="denied",
+                    source=EVENT_SOURCE,
+                    target=action,
+                    detail={"pid": peer.pid, "uid": peer.uid, "reason": reason},
+                ),
+            )
+        except AuditUnavailable:
+            raise
+        except Exception as exc:
+            logger.exception("unexpected error while appending %s", REJECTED_ACTION)
             raise AuditUnavailable(f"{type(exc).__name__} while appending") from exc
 
     async def check_database(self) -> None:

@@ -126,6 +126,39 @@ def test_download_block_recorded(
     assert record.target == "clips/a.mp4"
 
 
+def test_isolated_process_cannot_post_server_events(
+    collector, enclave_user: OSUser, audit_log: AuditLog, settings: Settings
+) -> None:
+    # A process in a user namespace of its own, like an enclave kernel, runs
+    # as the same OS user as the Jupyter server but must not post its events.
+    block = {
+        "action": "download.blocked",
+        "path": "forged.mp4",
+        "route": "files",
+        "reason": "forged",
+        "at": "2026-12-04T15:00:00+00:00",
+    }
+    bodies = [encode(cell_event(code="print('forged')")), encode(block)]
+
+    replies = post_as(enclave_user, collector.socket_path, bodies, isolated=True)
+
+    for (status, reply), action in zip(replies, ["cell.execute", "download.blocked"]):
+        assert status == 403
+        assert f"{action} events are accepted only from the Jupyter server" in (
+            reply["message"]
+        )
+        assert "runs in another user namespace" in reply["message"]
+    assert audit_log.events(action="cell.execute") == []
+    assert audit_log.events(action="download.blocked") == []
+    rejected = audit_log.events(action="audit.event_rejected")
+    assert [event.target for event in rejected] == ["cell.execute", "download.blocked"]
+    assert all(event.outcome == "denied" for event in rejected)
+    assert all(
+        event.actor == settings.hub_user(enclave_user.name) for event in rejected
+    )
+    assert audit_log.verify().ok
+
+
 def test_payload_cannot_name_user(
     collector, enclave_user: OSUser, audit_log: AuditLog
 ) -> None:

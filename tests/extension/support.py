@@ -135,12 +135,17 @@ def shared_folder() -> Iterator[Path]:
 
 
 def post_as(
-    user: OSUser, socket_path: Path, bodies: list[bytes]
+    user: OSUser, socket_path: Path, bodies: list[bytes], *, isolated: bool = False
 ) -> list[tuple[int, dict]]:
-    """Post raw ``bodies`` to the collector as ``user``; return (status, JSON) pairs."""
+    """Post raw ``bodies`` to the collector as ``user``; return (status, JSON) pairs.
+
+    With ``isolated``, the poster runs in a user and network namespace of its
+    own, as an enclave kernel does.
+    """
     encoded = json.dumps([base64.b64encode(body).decode() for body in bodies])
+    prefix = ["unshare", "--user", "--net", "--map-current-user"] if isolated else []
     result = subprocess.run(
-        [SYSTEM_PYTHON, "-c", POSTER, str(socket_path)],
+        [*prefix, SYSTEM_PYTHON, "-c", POSTER, str(socket_path)],
         input=encoded,
         text=True,
         user=user.uid,

@@ -180,6 +180,57 @@ def test_kernel_has_no_network(enclave_server: EnclaveServer, kernel_id: str) ->
     assert lines[3] == "HTTP/1.1 200"
 
 
+FORGE = """
+import json, socket
+forged = {
+    "action": "cell.execute", "kernel_id": "forged-kernel", "session_id": None,
+    "cell_id": None, "msg_id": "forged", "code": "@@CODE@@"[::-1],
+    "at": "2026-12-04T15:00:00+00:00",
+}
+body = json.dumps(forged).encode()
+sock = socket.socket(socket.AF_UNIX)
+sock.connect("@@SOCKET@@")
+sock.sendall(b"POST /v1/events HTTP/1.1\\r\\nHost: audit\\r\\n"
+             b"Content-Type: application/json\\r\\nConnection: close\\r\\n"
+             + f"Content-Length: {len(body)}\\r\\n\\r\\n".encode() + body)
+reply = b""
+while chunk := sock.recv(65536):
+    reply += chunk
+print(reply.split(b"\\r\\n", 1)[0].decode())
+print(json.loads(reply.partition(b"\\r\\n\\r\\n")[2])["message"])
+"""
+
+
+def test_kernel_cannot_forge_cell_events(
+    enclave_server: EnclaveServer, kernel_id: str
+) -> None:
+    # Code in a kernel runs as the same OS user as the server, so the
+    # collector's peer uid alone would accept its events as the user's own.
+    marker = uuid.uuid4().hex
+    forged_code = f"print('{marker}')"
+    code = FORGE.replace("@@CODE@@", forged_code[::-1]).replace(
+        "@@SOCKET@@", str(enclave_server.collector.socket_path)
+    )
+    client = KernelClient(
+        enclave_server.base_url, enclave_server.token, kernel_id, "v1"
+    )
+
+    result = client.execute(code)
+    client.close()
+
+    lines = result.stdout.splitlines()
+    assert lines[0] == "HTTP/1.1 403 Forbidden"
+    assert "accepted only from the Jupyter server" in lines[1]
+    events = enclave_server.audit_log.events(action="cell.execute")
+    assert [event for event in events if event.target == "forged-kernel"] == []
+    assert [event for event in events if event.detail["code"] == forged_code] == []
+    [attack] = [event for event in events if marker[::-1] in event.detail["code"]]
+    assert attack.target == kernel_id
+    rejected = enclave_server.audit_log.events(action="audit.event_rejected")
+    assert rejected[-1].actor == enclave_server.hub_user
+    assert rejected[-1].target == "cell.execute"
+
+
 def test_kernel_holds_no_server_token(
     enclave_server: EnclaveServer, kernel_id: str
 ) -> None:
