@@ -28,11 +28,12 @@ COMMAND_MODULES = [
     "enclave.cli.broker",
     "enclave.cli.demo",
     "enclave.cli.ethics",
+    "enclave.cli.reid",
 ]
 
 # Commands that write to the vault or the catalog. Run by root, they leave
 # files owned by root, which the broker could not read; they are handed over.
-OWNERSHIP_COMMANDS = {"ingest", "derive", "project", "levels", "ethics"}
+OWNERSHIP_COMMANDS = {"ingest", "derive", "project", "levels", "ethics", "reid"}
 
 
 def build_parser() -> argparse.ArgumentParser:
