@@ -85,7 +85,7 @@ _DUMMY_BY_VR: dict[str, Any] = {
     "ST": "ANONYMIZED",
     "UC": "ANONYMIZED",
     "UT": "ANONYMIZED",
-    "UR": "",
+    "UR": "ANONYMIZED",
     "FL": 0.0,
     "FD": 0.0,
     "SL": 0,
@@ -156,6 +156,9 @@ def deidentify_dicom(
         # Source files often hold values that break their VR's rules; pydicom
         # warns on reading them, and the warning would quote the value.
         warnings.filterwarnings("ignore", message="Invalid value", module="pydicom")
+        # Implicit VR files leave tags newer than pydicom's data dictionary
+        # without a VR; pydicom reads them as UN and the table applies by tag.
+        warnings.filterwarnings("ignore", message="VR lookup failed", module="pydicom")
         ds = _read(data)
         pixels = clean_pixel_data(ds, detector=detector)
         cleaner = _AttributeCleaner(table, replacer, _patient_key(ds))
@@ -335,6 +338,10 @@ class _AttributeCleaner:
         elif action in (Action.DUMMY, Action.CLEAN):
             if element.VR == "SQ":
                 self._clean_items(element, in_dummy_sequence=True)
+            elif element.VR == "UI":
+                # A dummy UID is a replacement UID, mapped like every other
+                # one so that references to it still match.
+                self._replace_uids(element)
             else:
                 self._set_dummy(ds, element)
         elif action is Action.UID:
@@ -383,7 +390,10 @@ class _AttributeCleaner:
         if element.VR in _DUMMY_BY_VR:
             element.value = _DUMMY_BY_VR[element.VR]
         else:
-            # Binary and tag values have no meaningful dummy; remove them.
+            # Binary (OB, OW, UN and the like) and tag (AT) values have no
+            # meaningful dummy, so they are removed. NOTE: removal breaks IOD
+            # conformance where such an attribute is Type 1. Encapsulated
+            # Document is one, but the pixel check quarantines those files.
             del ds[element.tag]
 
     def _clean_private(self, ds: Dataset, tag: BaseTag) -> None:

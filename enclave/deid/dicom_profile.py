@@ -1,21 +1,23 @@
 """The attribute table of the DICOM Basic Application Level Confidentiality Profile.
 
 The table itself is data in ``dicom_basic_profile.toml`` next to this module:
-one action code per attribute keyword, taken from DICOM PS3.15 Annex E. This
-module loads it, maps keywords to tags, resolves the compound codes and contains
-the rules for attributes that the table cannot list one by one.
+one action code per tag, taken from DICOM PS3.15 Annex E (the edition is named
+in the file). This module loads it, checks each keyword against pydicom's data
+dictionary, resolves the compound codes and matches the rows for repeating
+groups (curve and overlay attributes) by mask.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import keyword_for_tag
 from pydicom.tag import BaseTag, Tag
 
 from enclave.errors import ConfigurationError
@@ -28,6 +30,9 @@ __all__ = [
 ]
 
 TABLE_FILE = "dicom_basic_profile.toml"
+
+# "(0008,0050)", or "(60xx,3000)" where each x is any hex digit.
+_TAG_TEXT = re.compile(r"^\(([0-9A-Fa-fx]{4}),([0-9A-Fa-fx]{4})\)$")
 
 
 class Action(StrEnum):
@@ -43,7 +48,9 @@ class Action(StrEnum):
 
 # The standard chooses within a compound code by the attribute's type in the
 # IOD (Type 3 may be removed, Type 2 must be present, Type 1 needs a value).
-# Without an IOD check, the code that keeps every IOD valid is used.
+# Without an IOD check, the code that keeps every IOD valid is used: D where
+# the attribute may be Type 1, Z where it is at most Type 2, and U for the
+# reference sequences, whose UIDs must still match the referenced instances.
 _COMPOUND = {
     "Z/D": Action.DUMMY,
     "X/D": Action.DUMMY,
@@ -63,6 +70,20 @@ class SafePrivate:
 
 
 @dataclass(frozen=True)
+class TagPattern:
+    """A table row for a repeating group, such as overlay data (60xx,3000)."""
+
+    mask: int
+    value: int
+    action: Action
+    code: str
+
+    def matches(self, tag: int) -> bool:
+        """Return whether ``tag`` is one of the attributes of this row."""
+        return tag & self.mask == self.value
+
+
+@dataclass(frozen=True)
 class BasicProfileTable:
     """The resolved attribute table.
 
@@ -72,26 +93,31 @@ class BasicProfileTable:
         Action of each listed attribute, by tag.
     codes
         The code as the standard writes it (``"X/Z/D"``), by tag, for reports.
+    patterns
+        Rows for repeating groups: curve data (50xx,xxxx) and overlay data
+        and comments (60xx,3000) and (60xx,4000).
     safe_private
         Private attributes that are kept; every other private one is removed.
+    edition
+        Edition of DICOM PS3.15 that the table follows, such as ``"2026d"``.
     """
 
     actions: dict[BaseTag, Action]
     codes: dict[BaseTag, str]
+    patterns: tuple[TagPattern, ...]
     safe_private: frozenset[SafePrivate]
+    edition: str
 
     def action_for(self, tag: int) -> Action | None:
         """Return the action for ``tag``, or None when the table does not list it."""
         tag = Tag(tag)
-        if tag.group & 0xFF00 == 0x5000:
-            # Curve data (retired) can hold any annotation, including names.
-            return Action.REMOVE
-        if tag.group & 0xFF00 == 0x6000 and tag.group % 2 == 0:
-            # Overlay data is a bitmap that may carry burned-in text, and
-            # overlay comments are free text; the profile removes both.
-            if tag.element in (0x3000, 0x4000):
-                return Action.REMOVE
-        return self.actions.get(tag)
+        action = self.actions.get(tag)
+        if action is not None:
+            return action
+        for pattern in self.patterns:
+            if pattern.matches(tag):
+                return pattern.action
+        return None
 
     def is_safe_private(self, creator: str | None, tag: BaseTag) -> bool:
         """Return whether the private attribute ``tag`` of ``creator`` is kept."""
@@ -103,7 +129,11 @@ class BasicProfileTable:
     def with_safe_private(self, extra: Iterable[SafePrivate]) -> BasicProfileTable:
         """Return a copy that also keeps the private attributes in ``extra``."""
         return BasicProfileTable(
-            self.actions, self.codes, self.safe_private | frozenset(extra)
+            self.actions,
+            self.codes,
+            self.patterns,
+            self.safe_private | frozenset(extra),
+            self.edition,
         )
 
 
@@ -111,32 +141,64 @@ class BasicProfileTable:
 def load_basic_profile() -> BasicProfileTable:
     """Load the attribute table shipped with the package.
 
+    The rows of ``[basic_profile]`` (the standard's table) and ``[additions]``
+    (attributes this program removes beyond the standard) are merged.
+
     Raises
     ------
     ConfigurationError
-        If the table names an unknown keyword or action code.
+        If a row has an invalid tag, a keyword that differs from pydicom's
+        keyword for the tag, or an unknown action code.
     """
     text = importlib.resources.files("enclave.deid").joinpath(TABLE_FILE).read_text()
     data = tomllib.loads(text)
 
     actions: dict[BaseTag, Action] = {}
     codes: dict[BaseTag, str] = {}
-    for keyword, code in data["actions"].items():
-        tag_value = tag_for_keyword(keyword)
-        if tag_value is None:
-            raise ConfigurationError(
-                f"{TABLE_FILE} lists {keyword!r}, which is not a DICOM keyword "
-                "known to pydicom; fix the spelling or remove the row"
-            )
-        tag = Tag(tag_value)
-        actions[tag] = _resolve(keyword, code)
+    patterns: list[TagPattern] = []
+    rows = {**data["basic_profile"], **data.get("additions", {})}
+    for tag_text, row in rows.items():
+        keyword, code = row["keyword"], row["action"]
+        action = _resolve(keyword, code)
+        mask, value = _parse_tag(tag_text)
+        if mask != 0xFFFFFFFF:
+            patterns.append(TagPattern(mask, value, action, code))
+            continue
+        _check_keyword(tag_text, value, keyword)
+        tag = Tag(value)
+        actions[tag] = action
         codes[tag] = code
 
     safe = frozenset(
         SafePrivate(item["creator"].strip(), int(item["group"]), int(item["element"]))
         for item in data.get("private", {}).get("safe", [])
     )
-    return BasicProfileTable(actions, codes, safe)
+    return BasicProfileTable(actions, codes, tuple(patterns), safe, data["edition"])
+
+
+def _parse_tag(text: str) -> tuple[int, int]:
+    """Return the (mask, value) pair of a tag such as ``"(60xx,3000)"``."""
+    match = _TAG_TEXT.match(text)
+    if match is None:
+        raise ConfigurationError(
+            f"{TABLE_FILE} has the row {text!r}, which is not a tag; "
+            "write tags as (gggg,eeee) in hex, with x for any digit"
+        )
+    digits = match.group(1) + match.group(2)
+    mask = int("".join("0" if digit == "x" else "F" for digit in digits), 16)
+    value = int(digits.replace("x", "0"), 16)
+    return mask, value
+
+
+def _check_keyword(tag_text: str, tag: int, keyword: str) -> None:
+    # A keyword that differs from pydicom's shows a typo in the tag. Tags that
+    # are newer than pydicom's data dictionary cannot be checked.
+    known = keyword_for_tag(tag)
+    if known and known != keyword:
+        raise ConfigurationError(
+            f"{TABLE_FILE} names {tag_text} {keyword!r}, but pydicom names that "
+            f"tag {known!r}; fix the tag or the keyword"
+        )
 
 
 def _resolve(keyword: str, code: str) -> Action:

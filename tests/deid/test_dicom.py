@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import re
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -15,22 +19,32 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
     RLELossless,
     UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
 
+from enclave.deid import dicom_profile
 from enclave.deid.dicom import deidentify_dicom
-from enclave.deid.dicom_profile import SafePrivate, load_basic_profile
-from enclave.errors import DeidentificationError, ValidationError
+from enclave.deid.dicom_profile import Action, SafePrivate, load_basic_profile
+from enclave.errors import ConfigurationError, DeidentificationError, ValidationError
 from tests.deid.test_text import draw_text
 
 PATIENT_NAME = "张^伟"
 PATIENT_ID = "20231187"
 HOSPITAL = "北京协和医院"
 KEY = b"k" * 32
+
+REFERENCE_TABLE = Path(__file__).parent / "data" / "ps3_15_basic_profile.csv"
+TABLE_FILE = Path(dicom_profile.__file__).with_name(dicom_profile.TABLE_FILE)
+
+# The choice the program makes within each compound code of the standard.
+RESOLVED = {"Z/D": "D", "X/D": "D", "X/Z/D": "D", "X/Z": "Z", "X/Z/U*": "U"}
+TEXT_VRS = ("LO", "LT", "SH", "ST", "UT", "UC")
 
 # Attributes the table removes, empties or replaces; each must be gone or
 # hold no original value after de-identification.
@@ -608,22 +622,408 @@ def test_ultrasound_annotations_masked(ultrasound):
     assert result.report["pixels"]["text"]["static_regions"] >= 10
 
 
-def test_table_loads_and_covers_key_attributes():
+def read_reference_table() -> tuple[str, dict[str, str]]:
+    """Return the edition and the (tag -> action) rows of the reference list."""
+    text = REFERENCE_TABLE.read_text(encoding="utf-8")
+    edition = re.search(r"PS3\.15 (\d{4}[a-e])", text)
+    assert edition is not None, "the reference list names no edition"
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    # The list writes tags as ggggeeee; the table file as (gggg,eeee).
+    rows = {
+        f"({row['tag'][:4]},{row['tag'][4:]})": row["action"]
+        for row in csv.DictReader(lines)
+    }
+    return edition.group(1), rows
+
+
+def test_table_matches_standard_reference():
+    edition, reference = read_reference_table()
+    data = tomllib.loads(TABLE_FILE.read_text(encoding="utf-8"))
+    table = {tag: row["action"] for tag, row in data["basic_profile"].items()}
+
+    assert data["edition"] == edition
+    # The reference lists private attributes as one row; the table file has
+    # its own [private] section for them.
+    assert reference.pop("(gggg,eexx)") == "X"
+    missing = sorted(set(reference) - set(table))
+    extra = sorted(set(table) - set(reference))
+    changed = sorted(
+        f"{tag}: {table[tag]} instead of {reference[tag]}"
+        for tag in set(table) & set(reference)
+        if table[tag] != reference[tag]
+    )
+    assert not missing, f"rows of the standard missing from the table: {missing}"
+    assert not extra, f"rows not in the standard (move them to [additions]): {extra}"
+    assert not changed, f"actions that differ from the standard: {changed}"
+    assert len(table) > 600
+
+
+def test_table_additions_not_in_standard():
+    _edition, reference = read_reference_table()
+    data = tomllib.loads(TABLE_FILE.read_text(encoding="utf-8"))
+
+    additions = data["additions"]
+    assert additions
+    assert not set(additions) & set(reference)
+    assert {row["action"] for row in additions.values()} == {"X"}
+
+
+def test_table_resolves_every_row():
+    _edition, reference = read_reference_table()
     table = load_basic_profile()
 
-    actions = {
-        keyword: table.action_for(pydicom.datadict.tag_for_keyword(keyword))
-        for keyword in (
-            "PatientName",
-            "PatientID",
-            "StudyInstanceUID",
-            "InstitutionName",
-            "IconImageSequence",
+    assert table.edition == "2026d"
+    for tag_text, code in reference.items():
+        if "x" in tag_text:
+            continue
+        tag = pydicom.tag.Tag(int(tag_text[1:5] + tag_text[6:10], 16))
+        assert table.codes[tag] == code, tag_text
+        assert table.action_for(tag) == Action(RESOLVED.get(code, code)), tag_text
+
+
+def test_table_key_attributes():
+    table = load_basic_profile()
+
+    def action(keyword: str) -> str:
+        found = table.action_for(pydicom.datadict.tag_for_keyword(keyword))
+        assert found is not None, keyword
+        return found.value
+
+    assert action("PatientName") == "Z"
+    # Z/D resolves to D, the choice that is valid for every IOD.
+    assert table.codes[pydicom.tag.Tag("PatientID")] == "Z/D"
+    assert action("PatientID") == "D"
+    assert action("StudyInstanceUID") == "U"
+    assert action("InstitutionName") == "D"
+    assert action("IconImageSequence") == "X"
+    assert action("ReferencedImageSequence") == "U"
+    assert action("ReferencedStudySequence") == "Z"
+    assert action("ContentSequence") == "D"
+    assert table.action_for(pydicom.tag.Tag("SoftwareVersions")) is None
+    assert table.action_for(pydicom.tag.Tag("Modality")) is None
+
+
+@pytest.mark.parametrize(
+    ("group", "element", "expected"),
+    [
+        (0x5000, 0x3000, "X"),
+        (0x501E, 0x0010, "X"),
+        (0x6000, 0x3000, "X"),
+        (0x6002, 0x4000, "X"),
+        (0x6000, 0x0010, None),
+        (0x6000, 0x0050, None),
+    ],
+)
+def test_table_repeating_groups(group, element, expected):
+    action = load_basic_profile().action_for(pydicom.tag.Tag(group, element))
+
+    assert (None if action is None else action.value) == expected
+
+
+def test_table_rejects_mismatched_keyword():
+    with pytest.raises(ConfigurationError, match="'PatientID'"):
+        dicom_profile._check_keyword("(0010,0010)", 0x00100010, "PatientID")
+    with pytest.raises(ConfigurationError, match="not a tag"):
+        dicom_profile._parse_tag("(0010,001)")
+    # Tags newer than pydicom's data dictionary are accepted as written.
+    dicom_profile._check_keyword("(3004,007F)", 0x3004007F, "DoseCalculationModelName")
+
+
+def assert_table_applied(
+    source: Dataset, output: Dataset, *, in_dummy_sequence: bool = False
+) -> None:
+    """Assert the table's action on every public attribute, at every depth.
+
+    Inside a sequence with the action D, text that the table does not list
+    must be a dummy too.
+    """
+    table = load_basic_profile()
+    for element in source:
+        if element.tag.is_private or element.tag.element == 0:
+            continue
+        name = element.keyword or str(element.tag)
+        action = table.action_for(element.tag)
+        after = output.get(element.tag)
+        if action is None and element.VR == "PN":
+            action = Action.ZERO
+        elif action is None and element.VR == "UI":
+            action = Action.UID
+        elif action is None and in_dummy_sequence and element.VR in TEXT_VRS:
+            action = Action.DUMMY
+
+        if action is Action.REMOVE:
+            assert after is None, name
+            continue
+        if action is Action.ZERO:
+            assert after is not None, name
+            assert after.is_empty, name
+            continue
+        if action is None and element.VR != "SQ":
+            continue
+        assert after is not None, name
+        if element.VR == "SQ":
+            assert len(after.value) == len(element.value), name
+            for before_item, after_item in zip(element.value, after.value, strict=True):
+                assert_table_applied(
+                    before_item,
+                    after_item,
+                    in_dummy_sequence=in_dummy_sequence or action is Action.DUMMY,
+                )
+        elif element.VR == "UI":
+            if not element.is_empty and not str(element.value).startswith(
+                "1.2.840.10008."
+            ):
+                assert after.value != element.value, name
+                assert str(after.value).startswith("2.25."), name
+        elif action is Action.DUMMY:
+            assert not after.is_empty, name
+            if not element.is_empty:
+                assert after.value != element.value, name
+
+
+def code_item(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "99LOCAL"
+    item.CodeMeaning = meaning
+    return item
+
+
+def build_nested_file(
+    *,
+    study_uid: str,
+    annotation_uid: str,
+    referenced_sop: str,
+    syntax: str = ExplicitVRLittleEndian,
+) -> bytes:
+    """Build an SR file without pixel data that uses rows of the 2026d table.
+
+    Some of the attributes (Gender Identity, Dose Calculation Model Name) are
+    newer than pydicom's data dictionary, so they are added by tag and VR.
+    """
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = ComprehensiveSRStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientBirthDate = "19780312"
+    ds.ContentDate = "20231105"
+    ds.InstitutionName = HOSPITAL
+    ds.add_new(0x3004007F, "LO", "张伟 dose model")  # Dose Calculation Model Name
+    ds.add_new(0x00102162, "UC", ["Han"])  # Ethnic Groups
+    gender = Dataset()
+    gender.add_new(0x00100045, "UT", "张伟 comment")  # Gender Identity Comment
+    ds.add_new(0x00100041, "SQ", Sequence([gender]))  # Gender Identity Sequence
+    ds.SourceSerialNumber = "SRC-4411"
+
+    study_reference = Dataset()
+    study_reference.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study_reference.ReferencedSOPInstanceUID = study_uid
+    ds.ReferencedStudySequence = Sequence([study_reference])
+    step = Dataset()
+    step.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.3"
+    step.ReferencedSOPInstanceUID = referenced_sop
+    ds.ReferencedPerformedProcedureStepSequence = Sequence([step])
+
+    operator = Dataset()
+    operator.InstitutionName = HOSPITAL
+    operator.PersonTelephoneNumbers = "13800138000"
+    operator.PersonIdentificationCodeSequence = Sequence(
+        [code_item("EMP-0042", "王芳")]
+    )
+    ds.OperatorIdentificationSequence = Sequence([operator])
+
+    # SR content: depth 1 and 2, with names, dates and a UID reference.
+    observer = Dataset()
+    observer.RelationshipType = "HAS OBS CONTEXT"
+    observer.ValueType = "PNAME"
+    observer.ConceptNameCodeSequence = Sequence([code_item("121008", "Observer")])
+    observer.PersonName = "赵^磊"
+    finding = Dataset()
+    finding.RelationshipType = "CONTAINS"
+    finding.ValueType = "TEXT"
+    finding.ConceptNameCodeSequence = Sequence([code_item("121071", "Finding")])
+    finding.TextValue = f"患者张伟 {PATIENT_ID} 心功能正常"
+    finding.Date = "20231105"
+    finding.UID = annotation_uid
+    finding.ContentSequence = Sequence([observer])
+    ds.ContentSequence = Sequence([finding])
+
+    group = Dataset()
+    group.AnnotationGroupUID = annotation_uid
+    group.AnnotationGroupLabel = "张伟 lesion"
+    group.AnnotationGroupDescription = "drawn by 李娜"
+    ds.AnnotationGroupSequence = Sequence([group])
+
+    # Depth 3: an image reference whose nested item repeats identifying data.
+    inner = Dataset()
+    inner.ReferencedSOPClassUID = UltrasoundMultiFrameImageStorage
+    inner.ReferencedSOPInstanceUID = referenced_sop
+    inner.InstitutionName = HOSPITAL
+    inner.add_new(0x00100045, "UT", "张伟 comment")
+    inner_block = inner.private_block(0x0011, "ACME SR 1.0", create=True)
+    inner_block.add_new(0x01, "LO", PATIENT_NAME)
+    source = Dataset()
+    source.ReferencedSOPClassUID = UltrasoundMultiFrameImageStorage
+    source.ReferencedSOPInstanceUID = referenced_sop
+    source.SourceImageSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([source])
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def nested_study():
+    """Two SR files of one study that share an annotation UID and a reference."""
+    study_uid, annotation_uid, referenced = generate_uid(), generate_uid(), generate_uid()
+    inputs = [
+        build_nested_file(
+            study_uid=study_uid, annotation_uid=annotation_uid, referenced_sop=referenced
         )
-    }
-    assert actions["PatientName"].value == "Z"
-    assert actions["PatientID"].value == "Z"
-    assert actions["StudyInstanceUID"].value == "U"
-    assert actions["InstitutionName"].value == "D"
-    assert actions["IconImageSequence"].value == "X"
-    assert table.action_for(pydicom.tag.Tag(0x6000, 0x3000)).value == "X"
+        for _ in range(2)
+    ]
+    uid_map: dict[str, str] = {}
+    outputs = [deidentify_dicom(data, "baseline", uid_map=uid_map) for data in inputs]
+    return inputs, outputs
+
+
+def test_nested_table_actions_applied(nested_study):
+    inputs, outputs = nested_study
+    source, output = read(inputs[0]), read(outputs[0].data)
+
+    assert_table_applied(source, output)
+
+
+def test_nested_new_rows_removed(nested_study):
+    _inputs, outputs = nested_study
+    output = read(outputs[0].data)
+
+    assert 0x3004007F not in output
+    assert 0x00102162 not in output
+    assert 0x00100041 not in output
+    inner = output.ReferencedImageSequence[0].SourceImageSequence[0]
+    assert 0x00100045 not in inner
+    assert inner.InstitutionName == "ANONYMIZED"
+    assert not [element.tag for element in inner if element.tag.is_private]
+
+
+def test_nested_compound_codes_resolved(nested_study):
+    inputs, outputs = nested_study
+    source, output = read(inputs[0]), read(outputs[0].data)
+
+    assert output.PatientID == "ANONYMIZED"
+    assert str(output.PatientName) == ""
+    assert output.ContentDate == "19000101"
+    assert output.InstitutionName == "ANONYMIZED"
+    # X/Z: kept with an empty value.
+    assert "SourceSerialNumber" in output
+    assert output.SourceSerialNumber in ("", None)
+    assert len(output.ReferencedStudySequence) == 0
+    # X/Z/D on a sequence: the items stay and their values are replaced.
+    step = output.ReferencedPerformedProcedureStepSequence[0]
+    assert step.ReferencedSOPInstanceUID != (
+        source.ReferencedPerformedProcedureStepSequence[0].ReferencedSOPInstanceUID
+    )
+    # X/D on a sequence: text becomes a dummy and telephone numbers go.
+    operator = output.OperatorIdentificationSequence[0]
+    assert operator.InstitutionName == "ANONYMIZED"
+    assert "PersonTelephoneNumbers" not in operator
+    assert operator.PersonIdentificationCodeSequence[0].CodeValue == "ANONYMIZED"
+
+
+def test_nested_content_sequence_dummies(nested_study):
+    inputs, outputs = nested_study
+    source, output = read(inputs[0]), read(outputs[0].data)
+
+    finding = output.ContentSequence[0]
+    assert finding.ValueType == "TEXT"
+    assert finding.TextValue == "ANONYMIZED"
+    assert finding.Date == "19000101"
+    assert finding.UID != source.ContentSequence[0].UID
+    observer = finding.ContentSequence[0]
+    assert str(observer.PersonName) == "ANONYMIZED"
+    text = all_values(output)
+    for secret in ("张", "伟", PATIENT_ID, HOSPITAL, "13800138000", "王芳", "赵", "李娜"):
+        assert secret not in text, secret
+    assert "EMP-0042" not in text
+    assert "SRC-4411" not in text
+
+
+def test_nested_uids_consistent_within_study(nested_study):
+    inputs, outputs = nested_study
+    sources = [read(data) for data in inputs]
+    first, second = (read(result.data) for result in outputs)
+
+    # Annotation Group UID has the action D; its dummy is a mapped UID.
+    original = sources[0].AnnotationGroupSequence[0].AnnotationGroupUID
+    replaced = first.AnnotationGroupSequence[0].AnnotationGroupUID
+    assert replaced != original
+    assert replaced.startswith("2.25.")
+    assert second.AnnotationGroupSequence[0].AnnotationGroupUID == replaced
+    # The same UID in another attribute gets the same replacement.
+    assert first.ContentSequence[0].UID == replaced
+    assert "AnnotationGroupDescription" not in first.AnnotationGroupSequence[0]
+    assert first.AnnotationGroupSequence[0].AnnotationGroupLabel == "ANONYMIZED"
+    inner = first.ReferencedImageSequence[0].SourceImageSequence[0]
+    outer = second.ReferencedPerformedProcedureStepSequence[0]
+    assert inner.ReferencedSOPInstanceUID == outer.ReferencedSOPInstanceUID
+    assert first.StudyInstanceUID == second.StudyInstanceUID
+    assert first.StudyInstanceUID != sources[0].StudyInstanceUID
+    assert first.SOPInstanceUID != second.SOPInstanceUID
+
+
+def test_nested_file_marked_without_pixels(nested_study):
+    _inputs, outputs = nested_study
+    output = read(outputs[0].data)
+
+    assert output.PatientIdentityRemoved == "YES"
+    codes = [item.CodeValue for item in output.DeidentificationMethodCodeSequence]
+    assert codes == ["113100"]
+    # Without pixel data there is nothing to clean, so nothing is claimed.
+    assert "BurnedInAnnotation" not in output
+    assert outputs[0].report["options"] == []
+
+
+def test_implicit_vr_unknown_rows_removed():
+    # Implicit VR files carry no VR, so pydicom reads tags that its data
+    # dictionary lacks as UN; the table still applies by tag.
+    data = build_nested_file(
+        study_uid=generate_uid(),
+        annotation_uid=generate_uid(),
+        referenced_sop=generate_uid(),
+        syntax=ImplicitVRLittleEndian,
+    )
+    with pytest.warns(UserWarning, match="VR lookup failed"):
+        source = read(data)
+        source[0x3004007F]
+    assert source[0x3004007F].VR == "UN"
+
+    output = read(deidentify_dicom(data, "baseline").data)
+
+    assert 0x3004007F not in output
+    assert 0x00102162 not in output
+    assert 0x00100041 not in output
+    assert "张" not in all_values(output)
+
+
+def test_ultrasound_table_actions_applied(ultrasound):
+    data, result = ultrasound
+    source, output = read(data), read(result.data)
+
+    assert_table_applied(source, output)
+    assert output.PatientID == "ANONYMIZED"
+    assert output.SoftwareVersions == source.SoftwareVersions
+    assert "PerformedProcedureStepID" not in output
+    assert "SourceApplicationEntityTitle" not in output.file_meta
+    codes = [item.CodeValue for item in output.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113101"]
