@@ -36,9 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     request = commands.add_parser(
         "request", help="request the mapping entry of a pseudonym (requester)"
     )
-    request.add_argument(
+    subject = request.add_mutually_exclusive_group(required=True)
+    subject.add_argument(
         "pseudonym",
+        nargs="?",
         help="32 hex digits, such as the 'identifiers.subject' of a derivative",
+    )
+    subject.add_argument(
+        "--dicom-uid",
+        metavar="UID",
+        help="a UID that the ai-diagnosis profile wrote into a DICOM derivative",
     )
     request.add_argument(
         "--reason", required=True, help="why the identity is needed; audited"
@@ -135,9 +142,22 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def _request(args: argparse.Namespace) -> int:
-    request = _workflow().request(
-        args.pseudonym, requester=_actor(args), reason=args.reason
-    )
+    from enclave.errors import NotFound
+
+    pseudonym = args.pseudonym
+    if args.dicom_uid is not None:
+        pseudonym = _dicom_uid_pseudonym(args.dicom_uid)
+    try:
+        request = _workflow().request(
+            pseudonym, requester=_actor(args), reason=args.reason
+        )
+    except NotFound as exc:
+        if args.dicom_uid is None:
+            raise
+        raise NotFound(
+            f"DICOM UID {args.dicom_uid!r} has no mapping entry; pass a UID that "
+            "the ai-diagnosis profile wrote into a derivative, not an original one"
+        ) from exc
     print(
         f"requested re-identification {request.id} of pseudonym "
         f"{request.pseudonym}; it waits for a decision until "
@@ -148,6 +168,18 @@ def _request(args: argparse.Namespace) -> int:
         f"enclave reid approve {request.id} --as USER"
     )
     return 0
+
+
+def _dicom_uid_pseudonym(uid: str) -> str:
+    # The mapping entry of a replaced UID is stored under the keyed pseudonym
+    # of the replacement, so finding it needs the pseudonym key.
+    from enclave.deid.pseudonyms import PseudonymStore
+    from enclave.vault import KeyRing
+
+    settings = load_settings()
+    keyring = KeyRing.load(settings.master_key_path, vault_dir=settings.vault_dir)
+    store = PseudonymStore(settings.home / "pseudonyms", keyring, create=False)
+    return store.pseudonym(uid.strip(), namespace="dicom-uid")
 
 
 def _approve(args: argparse.Namespace) -> int:

@@ -325,3 +325,65 @@ def test_cli_reveals_dicom_derivative(  # type: ignore[no-untyped-def]
     assert status == 0
     assert json.loads(out) == {"asset_id": source.id, "dataset": "echo-ai"}
     assert audit_log.verify().ok
+
+
+def test_cli_reveals_dicom_uid(  # type: ignore[no-untyped-def]
+    staff, vault, audit_log, ultrasound_path, capsys
+):
+    import io
+
+    import pydicom
+
+    from enclave.catalog.models import Asset
+    from enclave.deid import derive
+    from enclave.ingest import ingest_file
+
+    source = ingest_file(
+        staff,
+        vault,
+        audit_log,
+        ultrasound_path,
+        category="diagnosis",
+        level=2,
+        actor="steward",
+    )
+    dataset = derive(
+        staff,
+        vault,
+        audit_log,
+        [source.id],
+        profile="ai-diagnosis",
+        dataset_name="echo-ai",
+        actor="steward",
+    )
+    with staff.session() as session:
+        derivative = session.get(Asset, dataset.items[0].asset_id)
+        key = derivative.data_key
+        data = vault.read_bytes(derivative.blob_id, key.master_key_id, key.wrapped_key)
+    replaced = pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID
+    original = pydicom.dcmread(ultrasound_path).StudyInstanceUID
+    assert replaced != original
+
+    status, _, err = run(
+        capsys, "request", "--dicom-uid", original, "--reason", "x", "--as", "dr-lee"
+    )
+    assert status == 1
+    assert f"DICOM UID {original!r} has no mapping entry" in err
+    _, out, _ = run(
+        capsys, "request", "--dicom-uid", replaced, "--reason", "x", "--as", "dr-lee"
+    )
+    rid = request_id(out)
+    run(capsys, "approve", rid, "--as", "officer-kim")
+    status, out, _ = run(capsys, "reveal", rid, "--as", "dr-lee")
+
+    assert status == 0
+    assert json.loads(out) == {"dicom_uid": original, "replacement": replaced}
+
+
+def test_cli_request_needs_subject(staff, capsys):  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit):
+        main(["reid", "request", "--reason", "x", "--as", "dr-lee"])
+
+    assert "one of the arguments pseudonym --dicom-uid is required" in (
+        capsys.readouterr().err
+    )
