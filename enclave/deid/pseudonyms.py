@@ -359,7 +359,10 @@ class Reidentification:
                 # a patient's name, so it is left out of the trail.
                 rejection = _Rejection(exc, "malformed pseudonym")
             if rejection is None:
-                detail = {"pseudonym": pseudonym, "request_reason": reason}
+                detail = {
+                    "pseudonym": pseudonym,
+                    "request_reason": reason[:MAX_REASON_CHARS],
+                }
                 try:
                     self._check_request(session, pseudonym, requester, reason, now)
                 except _Rejection as exc:

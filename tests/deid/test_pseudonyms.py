@@ -464,6 +464,15 @@ def test_request_needs_reason(workflow, any_audit_log, pseudonym):
     assert events(any_audit_log)[-1].detail["reason"] == "no reason given"
 
 
+def test_request_reason_too_long(workflow, any_audit_log, pseudonym):
+    with pytest.raises(ValidationError, match="has 5000 characters"):
+        workflow.request(pseudonym, requester="dr-lee", reason="x" * 5000)
+
+    event = events(any_audit_log)[-1]
+    assert event.detail["reason"] == "reason too long"
+    assert len(event.detail["request_reason"]) == 2000
+
+
 def test_request_malformed_pseudonym(workflow, any_audit_log):
     typed = "Jane Doe 1970-01-01"
 
