@@ -24,11 +24,14 @@ from .contents import EnclaveContentsManager
 from .download_policy import (
     DEFAULT_BLOCKED_EXTENSIONS,
     DEFAULT_BLOCKED_KINDS,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
     DownloadPolicy,
 )
 from .handlers import route_handlers
 from .kernel_connection import (
     AUDIT_CLIENT_SETTING,
+    DOWNLOAD_POLICY_SETTING,
     MAX_CODE_BYTES_SETTING,
     AuditedKernelWebsocketConnection,
 )
@@ -92,9 +95,28 @@ class EnclaveServerApp(ExtensionApp):
         default_value=list(DEFAULT_BLOCKED_KINDS),
         config=True,
         help=(
-            "File kinds recognised by their magic bytes whose content the server "
-            "does not send, whatever the file is called: any of video, dicom, "
-            "array, archive, image."
+            "Kinds of content that the server does not send, wherever they appear "
+            "in a file, a notebook or a kernel output, raw or encoded as text: "
+            "any of video, dicom, array, archive, image, binary (bytes of no "
+            "recognised format)."
+        ),
+    )
+
+    max_download_size = Int(
+        DEFAULT_MAX_FILE_BYTES,
+        config=True,
+        help=(
+            "Largest file, in bytes, that the server scans and sends. A larger "
+            "file is blocked."
+        ),
+    )
+
+    max_output_size = Int(
+        DEFAULT_MAX_MESSAGE_BYTES,
+        config=True,
+        help=(
+            "Largest kernel message, in bytes, that the server scans and sends to "
+            "the browser. A larger one is replaced by a note."
         ),
     )
 
@@ -108,7 +130,7 @@ class EnclaveServerApp(ExtensionApp):
         ),
     )
 
-    @validate("max_code_size", "audit_timeout")
+    @validate("max_code_size", "audit_timeout", "max_download_size", "max_output_size")
     def _validate_positive(self, proposal: dict[str, Any]) -> Any:
         if proposal["value"] <= 0:
             raise ValueError(
@@ -190,9 +212,12 @@ class EnclaveServerApp(ExtensionApp):
         policy = DownloadPolicy(
             blocked_extensions=tuple(self.blocked_extensions),
             blocked_kinds=tuple(self.blocked_kinds),
+            max_file_bytes=self.max_download_size,
+            max_message_bytes=self.max_output_size,
         )
         self.settings[AUDIT_CLIENT_SETTING] = client
         self.settings[MAX_CODE_BYTES_SETTING] = self.max_code_size
+        self.settings[DOWNLOAD_POLICY_SETTING] = policy
 
         manager = self.serverapp.contents_manager
         manager.download_policy = policy

@@ -1,12 +1,16 @@
 """Contents manager and files handler that do not send blocked files.
 
-The contents API (``GET /api/contents/PATH`` with content), ``/files/PATH``
-and everything inside the server that reads a file through the contents
-manager (nbconvert, copy) go through :meth:`EnclaveContentsManager.check_download`.
+``/files/PATH`` and the checking ``/view/`` and ``/nbconvert/`` handlers go
+through :meth:`EnclaveContentsManager.check_download`, which scans the
+whole file. The contents API (``GET /api/contents/PATH`` with content) and
+everything inside the server that reads a file through the contents manager
+(nbconvert, copy) go through :meth:`EnclaveContentsManager.get`, which scans
+the model it returns, so the bytes checked are the bytes sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mimetypes
 import os
@@ -21,7 +25,7 @@ from traitlets import Instance, default
 from enclave.errors import AuditUnavailable
 
 from .audit_client import AuditClient, utc_timestamp
-from .download_policy import SNIFF_BYTES, BlockedFile, DownloadPolicy
+from .download_policy import BlockedFile, DownloadPolicy
 
 __all__ = [
     "BlockingFileHandler",
@@ -33,6 +37,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SEND_CHUNK_BYTES = 1 << 20
+_REMOVED_OUTPUTS_KEY = "enclave_removed_outputs"
 
 
 def forbidden(message: str) -> web.HTTPError:
@@ -98,22 +103,60 @@ class EnclaveContentsManager(AsyncLargeFileManager):
         format: str | None = None,  # noqa: A002
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Return the model of ``path``, refusing the content of a blocked file."""
-        if content:
-            await self.check_download(path, route="contents")
-        return await super().get(
+        """Return the model of ``path``, refusing the content of a blocked file.
+
+        The outputs of a notebook that contain a blocked format are replaced
+        by a note, so that the rest of the notebook still opens.
+        """
+        if not content:
+            return await super().get(
+                path, content=content, type=type, format=format, **kwargs
+            )
+        path = path.strip("/")
+        os_path = self._get_os_path(path)
+        if os.path.isfile(os_path):
+            # Checked before reading, so that a video is not read at all.
+            blocked = self.download_policy.check_name(
+                path
+            ) or self.download_policy.check_size(path, os.path.getsize(os_path))
+            if blocked is not None:
+                await self.refuse(blocked, "contents")
+
+        model = await super().get(
             path, content=content, type=type, format=format, **kwargs
         )
+        blocked = await asyncio.get_running_loop().run_in_executor(
+            None, self.download_policy.check_model, path, model
+        )
+        if blocked is not None:
+            await self.refuse(blocked, "contents")
+        for removed in model.pop(_REMOVED_OUTPUTS_KEY, []):
+            self.log.warning(
+                "Removed an output of %r before sending it: %s",
+                removed.path,
+                removed.reason,
+            )
+            await record_blocked_download(self.audit_client, removed, "contents")
+        return model
 
     async def check_download(self, path: str, route: str) -> None:
         """Raise HTTP 403 and audit the refusal if ``path`` must not be downloaded."""
         path = path.strip("/")
         os_path = self._get_os_path(path)
-        blocked = self.download_policy.check_file(path, os_path)
-        if blocked is None:
-            return
+        blocked = await asyncio.get_running_loop().run_in_executor(
+            None, self.download_policy.check_file, path, os_path
+        )
+        if blocked is not None:
+            await self.refuse(blocked, route)
 
-        self.log.warning("Blocked download of %r on the %s route", path, route)
+    async def refuse(self, blocked: BlockedFile, route: str) -> None:
+        """Audit the refusal of ``blocked`` and raise HTTP 403."""
+        self.log.warning(
+            "Blocked download of %r on the %s route: %s",
+            blocked.path,
+            route,
+            blocked.reason,
+        )
         await record_blocked_download(self.audit_client, blocked, route)
         raise forbidden(blocked.message)
 
@@ -131,52 +174,56 @@ class BlockingFileHandler(AuthenticatedFileHandler):
     @web.authenticated
     @authorized
     async def get(self, path: str, include_body: bool = True) -> None:  # type: ignore[override]
-        """Send a file that may be downloaded, checked and read through one descriptor.
+        """Send a file that may be downloaded, after scanning the bytes it sends.
 
         Checking the path and then letting the static file handler open it
         again would let a cell swap a video in between (a race the check
         would lose), so the bytes sent are the bytes checked.
         """
-        await self._check(path)
+        manager = self._manager()
+        policy = manager.download_policy
+        # The name is checked first, so that a video is not read at all.
+        blocked = policy.check_name(path.strip("/"))
+        if blocked is not None:
+            await manager.refuse(blocked, "files")
         self.path = self.parse_url_path(path)
         absolute = self.validate_absolute_path(
             self.root, self.get_absolute_path(self.root, self.path)
         )
         if absolute is None:
             return
-        manager = self.contents_manager
         try:
             file = open(absolute, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise web.HTTPError(404) from exc
         with file:
-            head = file.read(SNIFF_BYTES)
-            blocked = manager.download_policy.check_content(path.strip("/"), head)
-            if blocked is not None:
-                self.log.warning("Blocked download of %r on the files route", path)
-                await record_blocked_download(manager.audit_client, blocked, "files")
-                raise forbidden(blocked.message)
+            # The whole file is read once and scanned, and those bytes are
+            # sent, so a cell that rewrites the file meanwhile changes nothing.
+            data = file.read(policy.max_file_bytes + 1)
+        blocked = await asyncio.get_running_loop().run_in_executor(
+            None, policy.check_content, path.strip("/"), data
+        )
+        if blocked is not None:
+            await manager.refuse(blocked, "files")
 
-            content_type = mimetypes.guess_type(absolute)[0]
-            self.set_header("Content-Type", content_type or "application/octet-stream")
-            self.set_header("Cache-Control", "no-store")
-            if self.get_argument("download", None):
-                name = os.path.basename(absolute)
-                self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-            if not include_body:
-                return
-            chunk = head
-            while chunk:
-                self.write(chunk)
-                await self.flush()
-                chunk = file.read(_SEND_CHUNK_BYTES)
+        content_type = mimetypes.guess_type(absolute)[0]
+        self.set_header("Content-Type", content_type or "application/octet-stream")
+        self.set_header("Cache-Control", "no-store")
+        if self.get_argument("download", None):
+            name = os.path.basename(absolute)
+            self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        if not include_body:
+            return
+        for start in range(0, len(data), _SEND_CHUNK_BYTES):
+            self.write(data[start : start + _SEND_CHUNK_BYTES])
+            await self.flush()
 
     def compute_etag(self) -> str | None:
-        # No ETag: the body is streamed from the checked descriptor, not from
-        # the static file machinery that would hash the path's current content.
+        # No ETag: the body is the bytes read and scanned, not what the static
+        # file machinery would hash from the path's current content.
         return None
 
-    async def _check(self, path: str) -> None:
+    def _manager(self) -> EnclaveContentsManager:
         manager = self.contents_manager
         if not isinstance(manager, EnclaveContentsManager):
             # Fail closed: without the manager's policy nothing can be checked.
@@ -185,4 +232,7 @@ class BlockingFileHandler(AuthenticatedFileHandler):
                 "in use; set ServerApp.contents_manager_class to "
                 "enclave_server.contents.EnclaveContentsManager",
             )
-        await manager.check_download(path, route="files")
+        return manager
+
+    async def _check(self, path: str) -> None:
+        await self._manager().check_download(path, route="files")

@@ -1,21 +1,30 @@
-"""The policy of files that a researcher's server does not send to the browser.
+"""The policy of content that a researcher's server does not send to the browser.
 
 Video, DICOM and array files leave the enclave only through the airlock, so
-the single-user server does not serve them. A file is blocked when its name
-ends with a blocked extension OR its first bytes match the signature of a
-blocked format, so renaming ``clip.mp4`` to ``clip.txt`` does not get it out.
+the single-user server does not serve them, neither as files nor inside
+kernel outputs or notebooks. A file is blocked when its name ends with a
+blocked extension OR its content contains a blocked format anywhere, raw or
+encoded as text (see :mod:`enclave_server.payload_scan`), so renaming
+``clip.mp4`` to ``clip.txt`` or printing it as base64 does not get it out.
+Content larger than the scan limits is blocked without a scan.
 """
 
 from __future__ import annotations
 
-import enum
+import base64
+import binascii
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from .formats import SNIFF_BYTES, FileKind, sniff_format
+from .payload_scan import Finding, PayloadScanner
 
 __all__ = [
     "DEFAULT_BLOCKED_EXTENSIONS",
     "DEFAULT_BLOCKED_KINDS",
+    "DEFAULT_MAX_FILE_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "SNIFF_BYTES",
     "BlockedFile",
     "DownloadPolicy",
@@ -23,93 +32,12 @@ __all__ = [
     "sniff_format",
 ]
 
+DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
+"""Largest file whose content is scanned and sent; a larger one is blocked."""
 
-class FileKind(enum.StrEnum):
-    """A family of file formats that the policy blocks or allows as a whole."""
+DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024
+"""Largest kernel message scanned and sent to the browser; a larger one is blocked."""
 
-    VIDEO = "video"
-    DICOM = "dicom"
-    ARRAY = "array"
-    ARCHIVE = "archive"
-    IMAGE = "image"
-
-
-@dataclass(frozen=True)
-class _Signature:
-    """Magic bytes of one format: every (offset, bytes) pair must match."""
-
-    format: str
-    kind: FileKind
-    parts: tuple[tuple[int, bytes], ...]
-
-    def matches(self, head: bytes) -> bool:
-        return all(
-            head[offset : offset + len(magic)] == magic for offset, magic in self.parts
-        )
-
-
-_V, _D, _A, _Z, _I = (
-    FileKind.VIDEO,
-    FileKind.DICOM,
-    FileKind.ARRAY,
-    FileKind.ARCHIVE,
-    FileKind.IMAGE,
-)
-
-# Signatures from the format specifications (ISO/IEC 14496-12 boxes, the EBML
-# header, RIFF, ISO/IEC 13818-1 packets, DICOM PS3.10 preamble, the NumPy .npy
-# format, the HDF5 superblock, APPNOTE for zip). A QuickTime file may start
-# with a moov, mdat, wide, free or skip box instead of ftyp.
-_SIGNATURES: tuple[_Signature, ...] = (
-    _Signature("MP4/MOV (ISO base media)", _V, ((4, b"ftyp"),)),
-    *(_Signature("QuickTime", _V, ((4, box),)) for box in (b"moov", b"mdat", b"wide")),
-    _Signature("QuickTime", _V, ((4, b"free"), (12, b"mdat"))),
-    _Signature("QuickTime", _V, ((4, b"skip"), (12, b"moov"))),
-    _Signature("Matroska/WebM", _V, ((0, b"\x1a\x45\xdf\xa3"),)),
-    _Signature("AVI", _V, ((0, b"RIFF"), (8, b"AVI "))),
-    _Signature("MPEG transport stream", _V, ((0, b"G"), (188, b"G"), (376, b"G"))),
-    _Signature("MPEG program stream", _V, ((0, b"\x00\x00\x01\xba"),)),
-    _Signature("MPEG video", _V, ((0, b"\x00\x00\x01\xb3"),)),
-    _Signature("FLV", _V, ((0, b"FLV\x01"),)),
-    _Signature("ASF/WMV", _V, ((0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"),)),
-    _Signature("DICOM", _D, ((128, b"DICM"),)),
-    _Signature("NumPy array", _A, ((0, b"\x93NUMPY"),)),
-    # HDF5 (and NetCDF-4) may carry a user block of 512, 1024, 2048 ... bytes.
-    *(
-        _Signature("HDF5", _A, ((offset, b"\x89HDF\r\n\x1a\n"),))
-        for offset in (0, 512, 1024, 2048)
-    ),
-    _Signature("NetCDF", _A, ((0, b"CDF\x01"),)),
-    _Signature("NetCDF", _A, ((0, b"CDF\x02"),)),
-    _Signature("Parquet", _A, ((0, b"PAR1"),)),
-    _Signature("Arrow/Feather", _A, ((0, b"ARROW1"),)),
-    # Pickle protocols 2 to 5 open with PROTO; torch.save before 1.6 wrote one.
-    *(
-        _Signature("Python pickle", _A, ((0, b"\x80" + bytes([p])),))
-        for p in range(2, 6)
-    ),
-    # A .npz and a torch.save file (since PyTorch 1.6) are zip archives.
-    _Signature("zip (npz, PyTorch)", _Z, ((0, b"PK\x03\x04"),)),
-    _Signature("zip (npz, PyTorch)", _Z, ((0, b"PK\x05\x06"),)),
-    _Signature("zip (npz, PyTorch)", _Z, ((0, b"PK\x07\x08"),)),
-    _Signature("gzip", _Z, ((0, b"\x1f\x8b"),)),
-    _Signature("bzip2", _Z, ((0, b"BZh"),)),
-    _Signature("xz", _Z, ((0, b"\xfd7zXZ\x00"),)),
-    _Signature("Zstandard", _Z, ((0, b"\x28\xb5\x2f\xfd"),)),
-    _Signature("7-Zip", _Z, ((0, b"7z\xbc\xaf\x27\x1c"),)),
-    _Signature("RAR", _Z, ((0, b"Rar!\x1a\x07"),)),
-    _Signature("tar", _Z, ((257, b"ustar"),)),
-    _Signature("PNG", _I, ((0, b"\x89PNG\r\n\x1a\n"),)),
-    _Signature("JPEG", _I, ((0, b"\xff\xd8\xff"),)),
-    _Signature("GIF", _I, ((0, b"GIF8"),)),
-    _Signature("TIFF", _I, ((0, b"II*\x00"),)),
-    _Signature("TIFF", _I, ((0, b"MM\x00*"),)),
-    _Signature("WebP", _I, ((0, b"RIFF"), (8, b"WEBP"))),
-    _Signature("JPEG 2000", _I, ((0, b"\x00\x00\x00\x0cjP  \r\n\x87\n"),)),
-)
-
-SNIFF_BYTES = 4096
-"""How many leading bytes of a file are read to recognise its format."""
 
 DEFAULT_BLOCKED_KINDS: tuple[str, ...] = tuple(kind.value for kind in FileKind)
 
@@ -142,25 +70,20 @@ class BlockedFile:
     def message(self) -> str:
         return (
             f"Download of {self.path!r} is blocked: {self.reason}. Video, DICOM, "
-            "array, archive and image files do not leave the enclave through the "
-            "notebook server; request an export through the airlock instead."
+            "array, archive, image and other binary files do not leave the "
+            "enclave through the notebook server; request an export through the "
+            "airlock instead."
         )
 
 
-def sniff_format(
-    head: bytes, kinds: Iterable[FileKind] | None = None
-) -> _Signature | None:
-    """Return the signature that the leading bytes ``head`` match, or None."""
-    selected = set(FileKind) if kinds is None else set(kinds)
-    for signature in _SIGNATURES:
-        if signature.kind in selected and signature.matches(head):
-            return signature
-    return None
+def _reason(finding: Finding) -> str:
+    verb = "is" if not finding.encoding else "contains"
+    return f"its content {verb} {finding.describe()}"
 
 
 @dataclass(frozen=True)
 class DownloadPolicy:
-    """The blocked extensions and file kinds of one server.
+    """The blocked extensions, file kinds and scan limits of one server.
 
     Parameters
     ----------
@@ -168,12 +91,19 @@ class DownloadPolicy:
         Name endings, such as ``".mp4"``, compared case-insensitively against
         every component of the path (a ``data.zarr/`` folder blocks its chunks).
     blocked_kinds
-        Values of :class:`FileKind` whose magic bytes are blocked whatever the
-        file is called.
+        Values of :class:`FileKind` that are blocked wherever they appear in
+        content, whatever the file is called.
+    max_file_bytes
+        Largest file, in bytes, whose content is scanned and sent.
+    max_message_bytes
+        Largest kernel message, in bytes of its parts, scanned and sent.
     """
 
     blocked_extensions: tuple[str, ...] = DEFAULT_BLOCKED_EXTENSIONS
     blocked_kinds: tuple[str, ...] = DEFAULT_BLOCKED_KINDS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    scanner: PayloadScanner = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         extensions = []
@@ -192,6 +122,13 @@ class DownloadPolicy:
                 raise ValueError(
                     f"invalid blocked file kind {kind!r}: use one of {sorted(known)}"
                 )
+        for name in ("max_file_bytes", "max_message_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"invalid {name} {getattr(self, name)!r}: must be positive"
+                )
+        scanner = PayloadScanner(FileKind(kind) for kind in self.blocked_kinds)
+        object.__setattr__(self, "scanner", scanner)
 
     def check_name(self, path: str) -> BlockedFile | None:
         """Return why ``path`` is blocked by its name alone, or None."""
@@ -205,7 +142,7 @@ class DownloadPolicy:
     def check_file(self, path: str, os_path: str) -> BlockedFile | None:
         """Return why the file at ``os_path`` (shown as ``path``) is blocked, or None.
 
-        A file that cannot be read is blocked too, because its format cannot
+        A file that cannot be read is blocked too, because its content cannot
         be checked.
         """
         # A folder listing sends names only; its files are checked one by one.
@@ -219,18 +156,105 @@ class DownloadPolicy:
 
         try:
             with open(os_path, "rb") as file:
-                head = file.read(SNIFF_BYTES)
+                data = file.read(self.max_file_bytes + 1)
         except OSError as exc:
             return BlockedFile(
-                path, f"its format could not be checked ({exc.strerror})"
+                path, f"its content could not be checked ({exc.strerror})"
             )
-        return self.check_content(path, head)
+        return self.check_content(path, data)
 
-    def check_content(self, path: str, head: bytes) -> BlockedFile | None:
-        """Return why a file starting with ``head`` (shown as ``path``) is blocked."""
-        signature = sniff_format(head, (FileKind(kind) for kind in self.blocked_kinds))
-        if signature is None:
+    def check_size(self, path: str, size: int) -> BlockedFile | None:
+        """Return why a file of ``size`` bytes is blocked without a scan, or None."""
+        if size <= self.max_file_bytes:
             return None
         return BlockedFile(
-            path, f"its content is {signature.format} ({signature.kind.value})"
+            path,
+            f"it is {size} bytes, larger than the {self.max_file_bytes} bytes the "
+            "server scans before sending a file",
         )
+
+    def check_content(self, path: str, data: bytes) -> BlockedFile | None:
+        """Return why a file with content ``data`` (shown as ``path``) is blocked."""
+        too_large = self.check_size(path, len(data))
+        if too_large is not None:
+            return too_large
+        finding = self.scanner.scan_bytes(data)
+        return None if finding is None else BlockedFile(path, _reason(finding))
+
+    def check_model(self, path: str, model: dict[str, Any]) -> BlockedFile | None:
+        """Return why a contents API model with content is blocked, or None.
+
+        The outputs of a notebook that contain a blocked format are replaced
+        in ``model`` by a note and do not block the notebook. Each replaced
+        output is listed in ``model["enclave_removed_outputs"]``, which the
+        caller audits and deletes.
+        """
+        content = model.get("content")
+        if content is None or model.get("type") == "directory":
+            return None
+        if model.get("type") == "notebook":
+            return self._check_notebook(path, model)
+        if model.get("format") == "base64":
+            try:
+                data = base64.b64decode(content)
+            except (binascii.Error, TypeError, ValueError):
+                return BlockedFile(path, "its base64 content could not be decoded")
+        else:
+            data = str(content).encode("utf-8", "surrogateescape")
+        return self.check_content(path, data)
+
+    def _check_notebook(self, path: str, model: dict[str, Any]) -> BlockedFile | None:
+        notebook = model["content"]
+        removed = []
+        for index, cell in enumerate(notebook.get("cells", [])):
+            outputs = cell.get("outputs")
+            if not isinstance(outputs, list):
+                continue
+            for position, output in enumerate(outputs):
+                finding = self.scanner.scan_json(output)
+                if finding is None:
+                    continue
+                reason = _reason(finding)
+                outputs[position] = removed_output_note(reason)
+                removed.append(BlockedFile(f"{path} (cell {index + 1})", reason))
+        # The rest of the notebook (sources, attachments, metadata) is
+        # scanned with the outputs already replaced.
+        finding = self.scanner.scan_json(notebook)
+        if finding is not None:
+            return BlockedFile(path, _reason(finding))
+        model["enclave_removed_outputs"] = removed
+        return None
+
+    def check_message(
+        self, path: str, parts: list[Any], buffers: list[bytes], size: int
+    ) -> BlockedFile | None:
+        """Return why a kernel message is not sent to the browser, or None.
+
+        ``parts`` are the decoded header, parent header, metadata and content;
+        ``size`` is the length of the message as the kernel sent it.
+        """
+        if size > self.max_message_bytes:
+            return BlockedFile(
+                path,
+                f"it is {size} bytes, larger than the {self.max_message_bytes} "
+                "bytes the server scans before sending a kernel message",
+            )
+        finding = self.scanner.scan_json(parts)
+        for buffer in buffers:
+            if finding is not None:
+                break
+            finding = self.scanner.scan_bytes(buffer)
+        return None if finding is None else BlockedFile(path, _reason(finding))
+
+
+def removed_output_note(reason: str) -> dict[str, Any]:
+    """Return a stream output that stands in for an output that was removed."""
+    return {
+        "output_type": "stream",
+        "name": "stderr",
+        "text": (
+            f"[enclave] This output was removed because {reason}. Video, DICOM, "
+            "array, archive, image and other binary data do not leave the enclave "
+            "through the notebook server; request an export through the airlock.\n"
+        ),
+    }

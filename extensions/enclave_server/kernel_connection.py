@@ -11,6 +11,12 @@ executes it when it arrives on the control channel) and the debugger's
 ``evaluate``, ``setExpression`` and ``setVariable`` requests. Both websocket
 protocols are handled: ``v1.kernel.websocket.jupyter.org`` (binary frames)
 and the legacy JSON protocol.
+
+In the other direction, every message from the kernel is checked against the
+download policy before it reaches the browser: all of its header, metadata,
+content and buffers, whatever its type. A message that contains a blocked
+format, or is larger than the policy's limit, is replaced by a note saying
+why, and the block is audited once per request.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from tornado.websocket import WebSocketClosedError
 from enclave.errors import AuditUnavailable
 
 from .audit_client import AuditClient, utc_timestamp
+from .contents import record_blocked_download
+from .download_policy import BlockedFile, DownloadPolicy
 
 __all__ = ["AuditedKernelWebsocketConnection", "KernelRequest", "code_of_request"]
 
@@ -43,6 +51,12 @@ AUDIT_ERROR_NAME = "AuditUnavailable"
 # Web application settings that the extension fills in (see app.py).
 AUDIT_CLIENT_SETTING = "enclave_audit_client"
 MAX_CODE_BYTES_SETTING = "enclave_max_code_bytes"
+DOWNLOAD_POLICY_SETTING = "enclave_download_policy"
+
+OUTPUT_BLOCKED_NAME = "OutputBlocked"
+_HEADER_FIELDS = ("msg_id", "msg_type", "session", "username", "date", "version")
+_MAX_HEADER_CHARS = 256
+_MAX_REMEMBERED_BLOCKS = 1024
 
 _DEBUG_COMMANDS_WITH_CODE = {"evaluate", "setExpression", "setVariable"}
 
@@ -96,6 +110,10 @@ class AuditedKernelWebsocketConnection(ZMQChannelsWebsocketConnection):
         super().__init__(**kwargs)
         # The last audit-then-forward task of each channel.
         self._pending: dict[str, asyncio.Future[None]] = {}
+        # Requests whose blocked output is already audited, and the tasks
+        # that post those events.
+        self._audited_blocks: set[str] = set()
+        self._audit_tasks: set[asyncio.Future[None]] = set()
 
     def handle_incoming_message(self, incoming_msg: str) -> None:
         """Audit a code request and then forward it, or forward other messages."""
@@ -254,6 +272,111 @@ class AuditedKernelWebsocketConnection(ZMQChannelsWebsocketConnection):
             msg = self.session.msg(msg_type, content=content, parent=parent)
             self._send_to_client(channel, msg)
 
+    def _on_zmq_reply(self, stream: t.Any, msg_list: t.Any) -> None:
+        """Send a kernel message to the client if the download policy allows it."""
+        channel = getattr(stream, "channel", None) or "iopub"
+        try:
+            header, parent, blocked = self._check_outgoing(msg_list)
+        except Exception:
+            # Fail closed: a message that cannot be checked is not sent.
+            self.log.exception(
+                "Did not send a message of kernel %s that could not be checked",
+                self.kernel_id,
+            )
+            header, parent = {}, {}
+            blocked = BlockedFile(
+                f"kernels/{self.kernel_id}", "it could not be checked (internal error)"
+            )
+        if blocked is None:
+            super()._on_zmq_reply(stream, msg_list)
+            return
+        if stream.closed():
+            return
+        self._send_blocked_notice(channel, header, parent, blocked)
+
+    def _check_outgoing(
+        self, msg_list: t.Any
+    ) -> tuple[dict[str, t.Any], dict[str, t.Any], BlockedFile | None]:
+        """Return the header, parent header and block of one kernel message."""
+        policy = self.websocket_handler.settings.get(DOWNLOAD_POLICY_SETTING)
+        if not isinstance(policy, DownloadPolicy):
+            policy = DownloadPolicy()
+        if isinstance(msg_list, dict):  # the legacy protocol deserialized it
+            parts = [
+                msg_list.get(name)
+                for name in ("header", "parent_header", "metadata", "content")
+            ]
+            buffers = [bytes(buffer) for buffer in msg_list.get("buffers") or []]
+            size = len(json.dumps(parts, default=json_default)) + sum(
+                len(buffer) for buffer in buffers
+            )
+        else:
+            frames = [
+                frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+                for frame in msg_list
+            ]
+            size = sum(len(frame) for frame in frames)
+            if size > policy.max_message_bytes:
+                parts = [self.session.unpack(frame) for frame in frames[:2]]
+            else:
+                parts = [self.session.unpack(frame) for frame in frames[:4]]
+            buffers = frames[4:]
+        header = parts[0] if isinstance(parts[0], dict) else {}
+        parent = parts[1] if isinstance(parts[1], dict) else {}
+        msg_type = _clean_header(header).get("msg_type", "message")
+        path = f"kernels/{self.kernel_id}/{msg_type}"
+        return header, parent, policy.check_message(path, parts, buffers, size)
+
+    def _send_blocked_notice(
+        self,
+        channel: str,
+        header: dict[str, t.Any],
+        parent: dict[str, t.Any],
+        blocked: BlockedFile,
+    ) -> None:
+        """Send a note in place of a blocked message and audit the first per request."""
+        parent = _clean_header(parent)
+        msg_type = _clean_header(header).get("msg_type", "")
+        text = (
+            f"[enclave] Output of the kernel was not sent because {blocked.reason}. "
+            "Video, DICOM, array, archive, image and other binary data do not "
+            "leave the enclave through the notebook server; write results to a "
+            "file and request an export through the airlock."
+        )
+        self.log.warning(
+            "Blocked a %s message of kernel %s for request %s: %s",
+            msg_type,
+            self.kernel_id,
+            parent.get("msg_id"),
+            blocked.reason,
+        )
+        if msg_type.endswith("_reply") and channel != "iopub":
+            content = {
+                "status": "error",
+                "ename": OUTPUT_BLOCKED_NAME,
+                "evalue": text,
+                "traceback": [text],
+            }
+            msg = self.session.msg(msg_type, content=content, parent=parent)
+            self._send_to_client(channel, msg)
+        else:
+            content = {"name": "stderr", "text": text + "\n"}
+            msg = self.session.msg("stream", content=content, parent=parent)
+            self._send_to_client("iopub", msg)
+
+        request_id = str(parent.get("msg_id", ""))
+        if request_id in self._audited_blocks:
+            return
+        if len(self._audited_blocks) >= _MAX_REMEMBERED_BLOCKS:
+            self._audited_blocks.clear()
+        self._audited_blocks.add(request_id)
+        client = self.websocket_handler.settings.get(AUDIT_CLIENT_SETTING)
+        task = asyncio.ensure_future(
+            record_blocked_download(client, blocked, "kernel")
+        )
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
+
     def _send_to_client(self, channel: str, msg: dict[str, t.Any]) -> None:
         try:
             if self.subprotocol == V1_PROTOCOL:
@@ -267,3 +390,16 @@ class AuditedKernelWebsocketConnection(ZMQChannelsWebsocketConnection):
                 "Client of kernel %s left before its error reply was sent",
                 self.kernel_id,
             )
+
+
+def _clean_header(header: dict[str, t.Any]) -> dict[str, str]:
+    """Return the routing fields of a kernel's header, as short strings.
+
+    The kernel writes its headers itself, so a blocked message's header is
+    cut down before it is sent back as the parent of the note.
+    """
+    return {
+        name: str(header[name])[:_MAX_HEADER_CHARS]
+        for name in _HEADER_FIELDS
+        if isinstance(header.get(name), str)
+    }
