@@ -69,6 +69,14 @@ class EnclaveServer:
             timeout=60,
         )
 
+    def put(self, path: str, body: dict) -> requests.Response:
+        return requests.put(
+            self.base_url + path,
+            headers={"Authorization": f"token {self.token}"},
+            data=json.dumps(body),
+            timeout=60,
+        )
+
     def start_kernel(self) -> str:
         response = self.post("/api/kernels", {"name": "enclave-python"})
         assert response.status_code == 201, response.text

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
+import io
 import pickle
 import shutil
 import tarfile
@@ -167,3 +170,135 @@ def test_kinds_can_be_allowed(tmp_path: Path) -> None:
 def test_invalid_policy_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DownloadPolicy(**kwargs)
+
+
+def padded_payloads(video: bytes) -> dict[str, bytes]:
+    """Return the video hidden in ways that a leading-bytes check misses."""
+    framed = b"x" + video
+    return {
+        "one byte in front": framed,
+        "base64": b"result: " + base64.b64encode(framed),
+        "wrapped base64": base64.encodebytes(video[:6000]),
+        "URL-safe base64": base64.urlsafe_b64encode(framed[:6000]),
+        "base64 of base64": base64.b64encode(base64.b64encode(framed[:3000])),
+        "hex": framed[:6000].hex().encode(),
+        "spaced hex": framed[:600].hex(" ").encode(),
+        "0x hex": ", ".join(f"0x{byte:02x}" for byte in framed[:300]).encode(),
+        "bytes repr": repr(framed[:3000]).encode(),
+        "decimal list": str(list(framed[:200])).encode(),
+        "latin-1 text as UTF-8": framed[:3000].decode("latin-1").encode("utf-8"),
+    }
+
+
+@pytest.mark.parametrize(
+    "name", sorted(padded_payloads(b"\x00\x00\x00\x18ftypisom"))
+)
+def test_embedded_video_blocked(carphone_path: Path, name: str) -> None:
+    data = padded_payloads(carphone_path.read_bytes())[name]
+
+    blocked = DownloadPolicy().check_content("notes.txt", data)
+
+    assert blocked is not None
+    assert "MP4/MOV (ISO base media) (video)" in blocked.reason
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "its content is PNG (image)"),
+        (b"ab\x93NUMPY\x01\x00v\x00{'descr'", "NumPy array (array) at byte 2"),
+        (b"x" + gzip.compress(b"frames" * 100), "gzip (archive) at byte 1"),
+        (bytes(range(256)) * 4, "binary data of no allowed format"),
+        (base64.b64encode(bytes(range(256)) * 4), "binary data of no allowed format"),
+    ],
+)
+def test_content_findings(data: bytes, expected: str) -> None:
+    blocked = DownloadPolicy().check_content("notes.txt", data)
+
+    assert blocked is not None
+    assert expected in blocked.reason
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "frame,mean\n" + "".join(f"{i},{i * 1.5:f}\n" for i in range(5000)),
+        "\n".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)),
+        "-" * 3000,
+        "帧,平均亮度\n0,12.5\n" * 200,
+        base64.b64encode(b"a plain text note about frame 12. " * 40).decode(),
+        "Traceback (most recent call last):\n  File \"/usr/lib/python3/x.py\"\n" * 50,
+        str(list(range(256))),
+    ],
+)
+def test_analysis_text_allowed(content: str) -> None:
+    assert DownloadPolicy().check_content("out.txt", content.encode()) is None
+
+
+def test_gbk_text_allowed() -> None:
+    data = ("帧,平均亮度\n0,12.5\n" * 200).encode("gb18030")
+
+    assert DownloadPolicy().check_content("out.csv", data) is None
+
+
+def test_allowed_kind_still_scanned_inside(carphone_path: Path) -> None:
+    image = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image, format="PNG")
+    policy = DownloadPolicy(blocked_kinds=("video", "array", "binary"))
+    smuggled = image.getvalue() + carphone_path.read_bytes()[:4000]
+
+    assert policy.check_content("plot.dat", image.getvalue()) is None
+    blocked = policy.check_content("plot.dat", smuggled)
+    assert blocked is not None
+    assert "MP4/MOV" in blocked.reason
+
+
+def test_size_limits() -> None:
+    policy = DownloadPolicy(max_file_bytes=100, max_message_bytes=50)
+
+    file_blocked = policy.check_content("a.txt", b"a" * 101)
+    message_blocked = policy.check_message("kernels/k/stream", [{}], [], 51)
+
+    assert file_blocked is not None
+    assert "larger than the 100 bytes" in file_blocked.reason
+    assert message_blocked is not None
+    assert "larger than the 50 bytes" in message_blocked.reason
+    assert policy.check_message("kernels/k/stream", [{"text": "ok"}], [], 50) is None
+
+
+def test_message_buffers_scanned() -> None:
+    policy = DownloadPolicy()
+    parts = [{"msg_type": "comm_msg"}, {}, {}, {"data": {"method": "update"}}]
+
+    blocked = policy.check_message("kernels/k/comm_msg", parts, [b"x\x89PNG\r\n\x1a\n"], 9)
+
+    assert blocked is not None
+    assert "PNG (image)" in blocked.reason
+
+
+def test_notebook_outputs_replaced(carphone_path: Path) -> None:
+    payload = base64.b64encode(b"x" + carphone_path.read_bytes()[:3000]).decode()
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "source": "print(1)",
+                "outputs": [
+                    {"output_type": "stream", "name": "stdout", "text": payload},
+                    {"output_type": "stream", "name": "stdout", "text": "1\n"},
+                ],
+            }
+        ],
+        "metadata": {},
+    }
+    model = {"type": "notebook", "content": notebook}
+
+    blocked = DownloadPolicy().check_model("a.ipynb", model)
+
+    assert blocked is None
+    outputs = notebook["cells"][0]["outputs"]
+    assert "This output was removed because" in outputs[0]["text"]
+    assert outputs[1]["text"] == "1\n"
+    [removed] = model["enclave_removed_outputs"]
+    assert removed.path == "a.ipynb (cell 1)"
+    assert "MP4/MOV" in removed.reason
