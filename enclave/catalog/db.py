@@ -8,6 +8,8 @@ PostgreSQL (driver psycopg 3) or MariaDB (driver PyMySQL). Plain
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from enclave.errors import ConfigurationError
 
-__all__ = ["Catalog", "database_errors", "make_engine", "normalize_url"]
+__all__ = [
+    "Catalog",
+    "database_errors",
+    "give_wal_files_to_owner",
+    "make_engine",
+    "normalize_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +99,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         connect_args = kwargs.pop("connect_args", {})
         connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
         engine = create_engine(parsed, connect_args=connect_args, **kwargs)
-        _configure_sqlite(engine, in_memory=parsed.database in (None, "", ":memory:"))
+        in_memory = parsed.database in (None, "", ":memory:")
+        _configure_sqlite(engine, database=None if in_memory else parsed.database)
         return engine
 
     kwargs.setdefault("pool_pre_ping", True)
@@ -100,7 +109,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     return create_engine(parsed, **kwargs)
 
 
-def _configure_sqlite(engine: Engine, *, in_memory: bool) -> None:
+def _configure_sqlite(engine: Engine, *, database: str | None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below emit BEGIN, rather than the
@@ -109,7 +118,8 @@ def _configure_sqlite(engine: Engine, *, in_memory: bool) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
-        if not in_memory:
+        if database is not None:
+            give_wal_files_to_owner(database)
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
 
@@ -119,6 +129,67 @@ def _configure_sqlite(engine: Engine, *, in_memory: bool) -> None:
         if mode not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
             raise ValueError(f"invalid sqlite_begin {mode!r}")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def give_wal_files_to_owner(database: str | os.PathLike[str]) -> list[Path]:
+    """Give root's ``-wal`` and ``-shm`` files of an SQLite database to its owner.
+
+    The hub runs as root and writes to a catalog file that the broker's OS
+    user owns. SQLite (checked with 3.40.1) gives the ``-wal`` and ``-shm``
+    files it creates as root to the database file's owner. A file that root
+    created while root owned the database, and that outlived a ``chown`` of
+    the database, stays root's, and the owner's next connection then fails.
+    This changes the owner of such files. It does nothing unless the process
+    runs as root and the database belongs to another user, and it leaves
+    alone a file that is not a regular file, has more than one hard link or
+    belongs to a third user.
+
+    Returns
+    -------
+    list of Path
+        The files whose owner was changed.
+    """
+    if os.geteuid() != 0:
+        return []
+    path = Path(database)
+    try:
+        owner = path.stat()
+    except FileNotFoundError:
+        return []
+    if owner.st_uid == 0:
+        return []
+
+    changed = []
+    for suffix in ("-wal", "-shm"):
+        side_file = path.with_name(path.name + suffix)
+        try:
+            fd = os.open(side_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot open %s to check its owner: %s", side_file, exc)
+            continue
+        try:
+            found = os.fstat(fd)
+            # A hard link could point at any file of root's, so only a
+            # regular file with one link is given away.
+            if (
+                found.st_uid != 0
+                or not stat.S_ISREG(found.st_mode)
+                or found.st_nlink != 1
+            ):
+                continue
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+        finally:
+            os.close(fd)
+        log.warning(
+            "gave %s, left by root, to uid %d, the owner of %s",
+            side_file,
+            owner.st_uid,
+            path,
+        )
+        changed.append(side_file)
+    return changed
 
 
 class Catalog:
