@@ -120,6 +120,9 @@ c.EnclaveOAuthenticator.mfa_required_groups = set(
 # Each login's amr, acr and groups go to the catalog, where the broker
 # applies the login rules of levels 4 and 5 for as long as the cookie lasts.
 c.EnclaveOAuthenticator.catalog_url = settings.db_url
+# Each login, rejection and logout is also an audit event, and a login that
+# cannot be audited is rejected. The hub runs as root, so it reads the key.
+c.EnclaveOAuthenticator.audit_key_file = str(settings.audit_key_path)
 c.EnclaveOAuthenticator.login_lifetime_hours = c.JupyterHub.cookie_max_age_days * 24
 c.EnclaveOAuthenticator.auto_login = True
 c.EnclaveOAuthenticator.enable_auth_state = True

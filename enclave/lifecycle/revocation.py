@@ -50,9 +50,11 @@ __all__ = [
     "RevocationReport",
     "close_access",
     "end_expired_projects",
+    "project_groups_of",
     "record_missing_closures",
     "reopen_access",
     "run_revocation",
+    "running_project_members",
 ]
 
 log = logging.getLogger(__name__)
@@ -396,23 +398,48 @@ def _record_hub_failure(
         )
 
 
+def running_project_members(session: Session, today: dt.date) -> dict[str, list[str]]:
+    """Return the members of each approved project that runs on ``today``, by name.
+
+    Members are the principal investigator and the members not removed.
+    Ended, terminated, suspended and not yet approved projects are left out.
+    """
+    return {
+        project.name: _members(project)
+        for project in session.scalars(
+            select(Project)
+            .where(
+                Project.status == ProjectStatus.APPROVED,
+                Project.starts_on <= today,
+                Project.ends_on >= today,
+            )
+            .order_by(Project.name)
+        )
+    }
+
+
+def project_groups_of(
+    session: Session, username: str, today: dt.date | None = None
+) -> list[str]:
+    """Return the hub groups ``project-<name>`` that ``username`` should be in.
+
+    These are the groups the sweep grants: one per approved project running
+    on ``today`` (the local date by default) that has ``username`` as member.
+    """
+    today = today or dt.date.today()
+    return sorted(
+        project_group(name)
+        for name, members in running_project_members(session, today).items()
+        if username in members
+    )
+
+
 async def _grant_running_projects(
     catalog: Catalog, hub: HubClient, today: dt.date, report: RevocationReport
 ) -> None:
     with catalog.session() as session:
-        running = [
-            (project.name, _members(project))
-            for project in session.scalars(
-                select(Project)
-                .where(
-                    Project.status == ProjectStatus.APPROVED,
-                    Project.starts_on <= today,
-                    Project.ends_on >= today,
-                )
-                .order_by(Project.name)
-            )
-        ]
-    for name, members in running:
+        running = running_project_members(session, today)
+    for name, members in running.items():
         group = project_group(name)
         try:
             await hub.ensure_group(group)

@@ -7,6 +7,7 @@ by staff of the dataset's department, that is members of the provider group
 
 The hub records each login in the catalog (:func:`record_hub_login`): the
 ``amr`` and ``acr`` claims of the ID token and the groups the provider gave.
+A hub logout expires the record (:func:`expire_hub_login`).
 The broker checks that record (:func:`check_identity_rules`). A researcher
 cannot write the catalog, so the record cannot be forged from a notebook.
 A record that is missing, expired, malformed or unreadable rejects the read.
@@ -37,6 +38,7 @@ __all__ = [
     "MFA_METHOD",
     "check_identity_rules",
     "department_group",
+    "expire_hub_login",
     "record_hub_login",
     "set_department",
     "used_second_factor",
@@ -112,6 +114,29 @@ def record_hub_login(
     login.groups = sorted(set(groups))
     session.flush()
     return login
+
+
+def expire_hub_login(
+    session: Session, username: str, *, now: dt.datetime | None = None
+) -> bool:
+    """End ``username``'s hub login record at ``now``, as a hub logout does.
+
+    From then on the record counts for nothing, so level 4 and 5 reads are
+    rejected until the next login with a second factor. The caller commits.
+
+    Returns
+    -------
+    bool
+        True if a current record was expired, False if there was none or it
+        had already expired.
+    """
+    now = now or utcnow()
+    login = session.get(HubLogin, username)
+    if login is None or login.expires_at <= now:
+        return False
+    login.expires_at = now
+    session.flush()
+    return True
 
 
 def set_department(

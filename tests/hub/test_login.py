@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import secrets
+
 import pytest
 import requests
+from sqlalchemy import text
 
+from enclave.audit import AuditLog, load_audit_key
+from enclave.catalog.db import Catalog
+from enclave.catalog.models import (
+    Category,
+    Dataset,
+    HubLogin,
+    Project,
+    ProjectMember,
+    ProjectStatus,
+    utcnow,
+)
+from enclave.errors import PermissionDenied
 from enclave.hub.launch import Running
+from enclave.policy.logins import check_identity_rules
 from tests.fixtures.hub import (
     LoginFailed,
     fresh_totp,
@@ -134,3 +152,191 @@ def test_logout_ends_hub_session(hub: Running) -> None:
     assert response.headers["Location"].startswith(f"{hub.issuer}/session/end")
     assert not session.cookies.get("jupyterhub-hub-login", path="/hub/")
     assert after.status_code == 403
+
+
+def _audit(hub: Running) -> AuditLog:
+    settings = hub.settings
+    return AuditLog(Catalog(settings.db_url), load_audit_key(settings.audit_key_path))
+
+
+def _catalog(hub: Running) -> Catalog:
+    return Catalog(hub.settings.db_url)
+
+
+def _user_groups(hub: Running, session: requests.Session) -> list[str]:
+    response = session.get(
+        f"{hub.hub_url}/hub/api/user", headers=xsrf_headers(session), timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["groups"]
+
+
+def test_login_is_audited(hub: Running) -> None:
+    audit = _audit(hub)
+    before = len(audit.events(actor="dave", action="hub.login"))
+
+    login(hub, "dave")
+
+    events = audit.events(actor="dave", action="hub.login")
+    assert len(events) == before + 1
+    event = events[-1]
+    assert event.outcome == "success"
+    assert event.source == "hub"
+    assert event.detail["amr"] == ["pwd"]
+    assert event.detail["acr"] != "urn:enclave:mfa"
+    assert event.detail["groups"] == ["ethics-committee"]
+    # Neither the password nor any token reaches the trail.
+    stored = json.dumps(event.detail)
+    assert hub.accounts["dave"].password not in stored
+    assert "token" not in stored
+    assert audit.verify().ok
+
+
+def test_missing_second_factor_is_audited(hub: Running) -> None:
+    audit = _audit(hub)
+
+    with pytest.raises(LoginFailed):
+        login(hub, "heidi")
+
+    event = audit.events(actor="heidi", action="hub.login")[-1]
+    assert event.outcome == "denied"
+    assert event.detail["amr"] == ["pwd"]
+    assert "second factor" in event.detail["reason"]
+    assert "security-admins" in event.detail["reason"]
+    assert audit.verify().ok
+
+
+def test_login_without_role_group_is_audited(hub: Running) -> None:
+    audit = _audit(hub)
+
+    with pytest.raises(LoginFailed):
+        login(hub, "mallory")
+
+    event = audit.events(actor="mallory", action="hub.login")[-1]
+    assert event.outcome == "denied"
+    assert "not a member of any of the groups" in event.detail["reason"]
+
+
+def test_unauditable_login_rejected(hub: Running) -> None:
+    catalog = _catalog(hub)
+    with catalog.session() as session:
+        before = session.get(HubLogin, "frank")
+        logged_in_before = before.logged_in_at if before else None
+    with catalog.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE audit_events RENAME TO audit_moved"))
+    try:
+        with pytest.raises(LoginFailed) as failed:
+            login(hub, "frank")
+    finally:
+        with catalog.engine.begin() as connection:
+            connection.execute(text("ALTER TABLE audit_moved RENAME TO audit_events"))
+
+    assert failed.value.response.status_code == 503
+    assert "could not record your login" in failed.value.response.text
+    # The login record rolled back with the audit event.
+    with catalog.session() as session:
+        after = session.get(HubLogin, "frank")
+        logged_in_after = after.logged_in_at if after else None
+    assert logged_in_after == logged_in_before
+    catalog.dispose()
+
+
+def test_logout_ends_second_factor_login(hub: Running) -> None:
+    catalog = _catalog(hub)
+    level5 = Dataset(name="level5-clips", category=Category.DIAGNOSIS, level=5)
+    session = login(hub, "grace")
+    with catalog.session() as db:
+        # The MFA login satisfies the rule of level 5 while it lasts.
+        check_identity_rules(db, "grace", level5)
+
+    response = session.get(
+        f"{hub.hub_url}/hub/logout", allow_redirects=False, timeout=30
+    )
+
+    assert response.status_code == 302
+    with catalog.session() as db:
+        record = db.get(HubLogin, "grace")
+        assert record is not None
+        assert record.expires_at <= utcnow()
+        with pytest.raises(PermissionDenied, match="expired at"):
+            check_identity_rules(db, "grace", level5)
+    catalog.dispose()
+    event = _audit(hub).events(actor="grace", action="hub.logout")[-1]
+    assert event.outcome == "success"
+    assert event.detail["login_record_expired"] is True
+
+
+def test_logout_without_catalog_fails_loudly(hub: Running) -> None:
+    catalog = _catalog(hub)
+    session = login(hub, "erin")
+    with catalog.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE hub_logins RENAME TO hub_logins_moved"))
+    try:
+        response = session.get(
+            f"{hub.hub_url}/hub/logout", allow_redirects=False, timeout=30
+        )
+    finally:
+        with catalog.engine.begin() as connection:
+            connection.execute(
+                text("ALTER TABLE hub_logins_moved RENAME TO hub_logins")
+            )
+    catalog.dispose()
+
+    assert response.status_code == 503
+    assert "could not end your login record" in response.text
+    # The hub session ends all the same.
+    assert not session.cookies.get("jupyterhub-hub-login", path="/hub/")
+
+
+def _add_project(
+    hub: Running, name: str, status: ProjectStatus, *, pi: str, member: str
+) -> None:
+    today = dt.date.today()
+    catalog = _catalog(hub)
+    with catalog.session() as session:
+        project = Project(
+            name=name,
+            title=f"Project {name}",
+            purpose="research",
+            principal_investigator=pi,
+            status=status,
+            starts_on=today - dt.timedelta(days=1),
+            ends_on=today + dt.timedelta(days=30),
+            created_by=pi,
+            approved_at=utcnow(),
+        )
+        session.add(project)
+        session.flush()
+        session.add(ProjectMember(project_id=project.id, username=member))
+    catalog.dispose()
+
+
+def test_login_keeps_running_project_groups(hub: Running) -> None:
+    suffix = secrets.token_hex(3)
+    running = f"running-{suffix}"
+    states = {
+        running: ProjectStatus.APPROVED,
+        f"suspended-{suffix}": ProjectStatus.SUSPENDED,
+        f"terminated-{suffix}": ProjectStatus.TERMINATED,
+        f"ended-{suffix}": ProjectStatus.ENDED,
+    }
+    for name, status in states.items():
+        _add_project(hub, name, status, pi="erin", member="bob")
+
+    # The login redirects to the spawn page, where JupyterHub refreshes the
+    # auth model. Both the login and the refresh set the user's groups.
+    groups = _user_groups(hub, login(hub, "bob"))
+
+    assert f"project-{running}" in groups
+    assert "researchers" in groups
+    assert "dept-cardiology" in groups
+    for name in states:
+        if name != running:
+            assert f"project-{name}" not in groups
+    # The login record keeps the provider's groups only, for the department rule.
+    catalog = _catalog(hub)
+    with catalog.session() as session:
+        record = session.get(HubLogin, "bob")
+        assert record is not None
+        assert record.groups == ["dept-cardiology", "researchers"]
+    catalog.dispose()

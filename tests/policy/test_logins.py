@@ -14,6 +14,7 @@ from enclave.errors import PermissionDenied
 from enclave.policy.logins import (
     ACR_MFA,
     check_identity_rules,
+    expire_hub_login,
     record_hub_login,
     used_second_factor,
 )
@@ -116,6 +117,25 @@ def test_expired_login_is_rejected(catalog: Catalog) -> None:
 
     with pytest.raises(PermissionDenied, match="expired at"):
         _check(catalog, _dataset(4))
+
+
+def test_expired_record_rejects_mfa_login(catalog: Catalog) -> None:
+    _login(catalog, ["dept-ultrasound"], **MFA)
+    _check(catalog, _dataset(5))
+
+    with catalog.session() as session:
+        first = expire_hub_login(session, "uma")
+    with catalog.session() as session:
+        again = expire_hub_login(session, "uma")
+        unknown = expire_hub_login(session, "nobody")
+
+    assert first is True
+    assert again is False
+    assert unknown is False
+    later = _dataset(5)
+    later.name = "level-5-later"
+    with pytest.raises(PermissionDenied, match="expired at"):
+        _check(catalog, later)
 
 
 def test_later_login_replaces_earlier(catalog: Catalog) -> None:
