@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from enclave.hub.launch import Running
-from tests.fixtures.hub import fresh_totp
+from tests.fixtures.hub import fresh_totp, login_response
 
 pytestmark = pytest.mark.e2e
 
@@ -170,3 +170,15 @@ def test_unregistered_redirect_uri_rejected(hub: Running) -> None:
     assert response.status_code == 400
     assert "redirect_uri" in response.text
     assert "Location" not in response.headers
+
+
+def test_failed_password_is_logged(hub: Running) -> None:
+    # The provider's failures never reach the hub, so its log is their record.
+    wrong = f"wrong-{secrets.token_hex(4)}"
+    session, response = login_response(hub, "frank", wrong)
+    assert response.status_code == 401
+
+    log_text = (hub.log_dir / "idp.log").read_text()
+    assert 'login failed for "frank": wrong password' in log_text
+    assert wrong not in log_text
+    assert hub.accounts["frank"].password not in log_text
