@@ -377,7 +377,11 @@ class EventsHandler(_BaseHandler):
     ) -> None:
         """Reply 403 to a server-only event from another process and record it."""
         logger.warning(
-            "rejected a %s event from %s (pid %d): %s", action, hub_user, peer.pid, problem
+            "rejected a %s event from %s (pid %d): %s",
+            action,
+            hub_user,
+            peer.pid,
+            problem,
         )
         try:
             await self.collector.record_rejection(hub_user, peer, action, problem)
@@ -390,8 +394,8 @@ class EventsHandler(_BaseHandler):
                 exc,
             )
         message = (
-            f"{action} events are accepted only from the Jupyter server, and {problem}; "
-            "code in a kernel cannot post them"
+            f"{action} events are accepted only from the Jupyter server, and "
+            f"{problem}; code in a kernel cannot post them"
         )
         self.write_json(403, {"message": message})
 

@@ -248,7 +248,7 @@ class DownloadPolicy:
 
 
 def removed_output_note(reason: str) -> dict[str, Any]:
-    """Return a stream output that stands in for an output that was removed."""
+    """Return the stream output that replaces a removed output and says why."""
     return {
         "output_type": "stream",
         "name": "stderr",

@@ -1,11 +1,11 @@
 """Signatures of the file formats that the download policy recognises.
 
 Each format has magic bytes at fixed offsets from the start of a file
-(:data:`_SIGNATURES`, used by :func:`sniff_format`). Formats whose magic is
-long or specific enough not to turn up by chance in text also have a
-pattern that is searched for anywhere in a payload
+(:data:`_SIGNATURES`, used by :func:`sniff_format`). Most formats also have
+a pattern that is searched for anywhere in a payload
 (:data:`EMBEDDED_SIGNATURES`), so one harmless byte in front of a file does
-not hide it.
+not hide it. These patterns are long or specific enough not to turn up by
+chance in text.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ _TS_PACKET_BYTES = 188
 
 
 def sniff_transport_stream(head: bytes) -> bool:
-    """Return True if an MPEG transport stream starts within the first packet of ``head``.
+    """Return True if an MPEG transport stream starts in the first packet of ``head``.
 
     Four sync bytes 188 bytes apart mark the stream, wherever the first is.
     """

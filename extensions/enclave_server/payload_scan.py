@@ -101,7 +101,7 @@ class Finding:
     """Empty for raw bytes at the start, else where or how it was found."""
 
     def describe(self) -> str:
-        """Return the finding as words for a message, such as ``PNG (image) in base64``."""
+        """Return the finding in words, such as ``PNG (image) encoded as base64``."""
         if self.kind is FileKind.BINARY:
             what = "binary data of no allowed format"
         else:
@@ -213,11 +213,12 @@ class PayloadScanner:
         if found is not None:
             return found
         if FileKind.BINARY in self.blocked and _text_is_binary(text):
-            return Finding("binary", FileKind.BINARY, "in characters that stand for bytes")
+            where = "in characters that stand for bytes"
+            return Finding("binary", FileKind.BINARY, where)
         return self._scan_encoded_runs(text, depth)
 
     def scan_json(self, value: Any) -> Finding | None:
-        """Return the first blocked format in the strings and numbers of a JSON value."""
+        """Return the first blocked format in the strings and numbers of ``value``."""
         return self.scan_text("\n".join(flatten_json(value)))
 
     def _find_embedded(self, data: bytes, where: str) -> Finding | None:
@@ -264,7 +265,11 @@ class PayloadScanner:
                 if depth + 1 < MAX_NESTING:
                     return self.scan_text(text, depth + 1)
                 return None
-        if binary_ok and FileKind.BINARY in self.blocked and longest >= MIN_BINARY_BYTES:
+        if (
+            binary_ok
+            and FileKind.BINARY in self.blocked
+            and longest >= MIN_BINARY_BYTES
+        ):
             return Finding("binary", FileKind.BINARY, where)
         return None
 
@@ -295,9 +300,12 @@ class PayloadScanner:
         characters = set(compact)
         if characters <= _HEX_DIGITS:
             return None  # scanned as hex
-        if not (
-            characters & _UPPER and characters & _LOWER and characters & _DIGITS_OR_SIGNS
-        ):
+        mixed = (
+            characters & _UPPER
+            and characters & _LOWER
+            and characters & _DIGITS_OR_SIGNS
+        )
+        if not mixed:
             # Base64 of binary data mixes all three; names and words do not.
             return None
         compact = compact.replace("-", "+").replace("_", "/")

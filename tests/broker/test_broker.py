@@ -156,7 +156,8 @@ PROBE = """
 import http.client, json, socket
 result = {}
 for name in ("@@NAME@@", "no-such-dataset"):
-    for path in (f"/v1/datasets/{name}", f"/v1/datasets/{name}/items/clips/0001/frames?start=0&stop=1"):
+    frames = f"/v1/datasets/{name}/items/clips/0001/frames?start=0&stop=1"
+    for path in (f"/v1/datasets/{name}", frames):
         connection = http.client.HTTPConnection("localhost")
         connection.sock = socket.socket(socket.AF_UNIX)
         connection.sock.connect("@@SOCKET@@")

@@ -270,7 +270,9 @@ def test_message_buffers_scanned() -> None:
     policy = DownloadPolicy()
     parts = [{"msg_type": "comm_msg"}, {}, {}, {"data": {"method": "update"}}]
 
-    blocked = policy.check_message("kernels/k/comm_msg", parts, [b"x\x89PNG\r\n\x1a\n"], 9)
+    buffers = [b"x\x89PNG\r\n\x1a\n"]
+
+    blocked = policy.check_message("kernels/k/comm_msg", parts, buffers, 9)
 
     assert blocked is not None
     assert "PNG (image)" in blocked.reason

@@ -92,7 +92,8 @@ KERNEL_ATTACKS = {
         "MP4/MOV (ISO base media) (video) in characters that stand for bytes",
     ),
     "stream base64": (
-        "import base64\nprint('x' + base64.b64encode(open({video!r}, 'rb').read(100_000)).decode())",
+        "import base64\n"
+        "print('x' + base64.b64encode(open({video!r}, 'rb').read(100_000)).decode())",
         "MP4/MOV (ISO base media) (video) encoded as base64",
     ),
     "stream bytes repr": (
@@ -105,7 +106,8 @@ KERNEL_ATTACKS = {
     ),
     "display_data text": (
         "import base64\nfrom IPython.display import display\n"
-        "display({{'text/plain': 'y' + base64.b64encode(open({video!r}, 'rb').read(100_000)).decode()}}, raw=True)",
+        "data = base64.b64encode(open({video!r}, 'rb').read(100_000)).decode()\n"
+        "display({{'text/plain': 'y' + data}}, raw=True)",
         "MP4/MOV (ISO base media) (video) encoded as base64",
     ),
     "display_data image": (
@@ -118,7 +120,8 @@ KERNEL_ATTACKS = {
         "MP4/MOV (ISO base media) (video) as decimal byte values",
     ),
     "stream raw pixels base64": (
-        "import base64\nprint(base64.b64encode(open({pixels!r}, 'rb').read()).decode())",
+        "import base64\n"
+        "print(base64.b64encode(open({pixels!r}, 'rb').read()).decode())",
         "binary data of no allowed format encoded as base64",
     ),
     "oversized stream": (
@@ -223,7 +226,9 @@ def test_file_attack_blocked_on_every_route(
 ) -> None:
     reason = FILE_ATTACKS[name]
     responses = {
-        "contents": enclave_server.get(f"/api/contents/{name}", params={"content": "1"}),
+        "contents": enclave_server.get(
+            f"/api/contents/{name}", params={"content": "1"}
+        ),
         "contents base64": enclave_server.get(
             f"/api/contents/{name}",
             params={"content": "1", "format": "base64", "type": "file"},
