@@ -175,7 +175,7 @@ def test_unregistered_redirect_uri_rejected(hub: Running) -> None:
 def test_failed_password_is_logged(hub: Running) -> None:
     # The provider's failures never reach the hub, so its log is their record.
     wrong = f"wrong-{secrets.token_hex(4)}"
-    session, response = login_response(hub, "frank", wrong)
+    _, response = login_response(hub, "frank", wrong)
     assert response.status_code == 401
 
     log_text = (hub.log_dir / "idp.log").read_text()
