@@ -36,6 +36,7 @@ from .kernel_connection import (
     AuditedKernelWebsocketConnection,
 )
 from .kernelspecs import EnclaveKernelSpecManager
+from .response_filter import make_response_filter
 
 __all__ = ["EnclaveServerApp"]
 
@@ -222,6 +223,10 @@ class EnclaveServerApp(ExtensionApp):
         manager = self.serverapp.contents_manager
         manager.download_policy = policy
         manager.audit_client = client
+        # First, so that it sees the body before any compression.
+        self.serverapp.web_app.transforms.insert(
+            0, make_response_filter(policy, client, self.serverapp.base_url)
+        )
         self.log.info(
             "enclave_server: auditing cells through %s; blocking %d extensions and "
             "kinds %s",

@@ -3,17 +3,20 @@
 ``/view/`` and ``/nbconvert/`` check the path against the download policy.
 ``POST /api/kernels``, ``POST /api/sessions`` and ``PATCH /api/sessions/ID``
 reject a kernel spec outside the allow list with HTTP 403, where upstream
-would answer 500 (kernels) or 501 (sessions). Handlers that an extension adds
-are matched before the server's own, so these replace the upstream handlers
-of the same patterns.
+would answer 500 (kernels) or 501 (sessions). ``/lab/extensions/`` serves
+JupyterLab extensions only from folders the user cannot write. Handlers that
+an extension adds are matched before the server's own, so these replace the
+upstream handlers of the same patterns.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from jupyter_core.paths import jupyter_path
 from jupyter_server.auth.decorator import authorized
-from jupyter_server.base.handlers import JupyterHandler, path_regex
+from jupyter_server.base.handlers import FileFindHandler, JupyterHandler, path_regex
 from jupyter_server.nbconvert.handlers import NbconvertFileHandler, _format_regex
 from jupyter_server.services.kernels.handlers import MainKernelHandler
 from jupyter_server.services.sessions.handlers import (
@@ -132,9 +135,41 @@ class CheckedSessionHandler(SessionHandler):
         await super().patch(session_id)
 
 
-def route_handlers() -> list[tuple[str, type[JupyterHandler]]]:
-    """Return the URL patterns and handlers that the extension adds."""
+def _writable_by_user(folder: str) -> bool:
+    """Return True if this process can write ``folder`` or create it."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.access(path, os.W_OK)
+
+
+def read_only_labextension_folders() -> list[str]:
+    """Return the JupyterLab extension folders that the server's user cannot write.
+
+    A folder the user can write, such as ``~/.local/share/jupyter/labextensions``,
+    would let code in a kernel stage any file there for the browser to fetch,
+    and plant JavaScript that the browser runs.
+    """
     return [
+        folder
+        for folder in jupyter_path("labextensions")
+        if not _writable_by_user(folder)
+    ]
+
+
+def route_handlers() -> list[tuple[Any, ...]]:
+    """Return the URL patterns and handlers that the extension adds."""
+    labextensions: dict[str, Any] = {
+        "path": read_only_labextension_folders(),
+        "no_cache_paths": [],
+    }
+    if hasattr(FileFindHandler, "follow_dir_symlinks"):
+        labextensions["follow_dir_symlinks"] = True
+    return [
+        (r"/lab/extensions/(.*)", FileFindHandler, labextensions),
         (rf"/view{path_regex}", BlockingViewHandler),
         (rf"/nbconvert/{_format_regex}{path_regex}", BlockingNbconvertFileHandler),
         (r"/api/kernels", CheckedKernelsHandler),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jupyterlab_server.workspaces_handler import slugify
 from PIL import Image
 
 from tests.extension.conftest import EnclaveServer
@@ -354,3 +355,79 @@ def test_ordinary_notebook_outputs_kept(enclave_server: EnclaveServer) -> None:
     outputs = model.json()["content"]["cells"][0]["outputs"]
     assert outputs[0]["data"]["text/plain"].startswith("   frame  mean")
     assert raw.status_code == 200
+
+
+def write_as_user(server: EnclaveServer, path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` under the user's home, as code in a kernel could."""
+    home = server.user.home
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    for part in [path, *path.parents]:
+        if part == home:
+            break
+        os.chown(part, server.user.uid, server.user.gid)
+
+
+def test_user_config_routes_scanned(enclave_server: EnclaveServer) -> None:
+    # Workspaces, lab settings and frontend config are JSON files in the
+    # user's home that the browser can fetch, so a kernel could stage a file
+    # there.
+    video = (enclave_server.root_dir / "clip.txt").read_bytes()
+    payload = "x" + base64.b64encode(video[:5000]).decode()
+    config = enclave_server.user.home / ".jupyter"
+    themes = "@jupyterlab/apputils-extension/themes.jupyterlab-settings"
+    staged = {
+        config / "nbconfig" / "leak.json": json.dumps({"a": payload}),
+        config / "lab" / "workspaces" / f"{slugify('leak')}.jupyterlab-workspace": (
+            json.dumps({"data": {"note": payload}, "metadata": {"id": "/leak"}})
+        ),
+        config / "lab" / "user-settings" / themes: "// " + payload + "\n{}\n",
+    }
+    for path, text in staged.items():
+        write_as_user(enclave_server, path, text)
+    try:
+        responses = {
+            "config": enclave_server.get("/api/config/leak"),
+            "workspace": enclave_server.get("/lab/api/workspaces/leak"),
+            "settings": enclave_server.get(
+                "/lab/api/settings/@jupyterlab/apputils-extension:themes"
+            ),
+        }
+    finally:
+        for path in staged:
+            path.unlink()
+
+    for route, response in responses.items():
+        assert response.status_code == 403, route
+        assert "MP4/MOV (ISO base media) (video) encoded as base64" in (
+            response.json()["message"]
+        ), route
+        assert payload[:40] not in response.text, route
+    # The server posts the event after it sends the response.
+    deadline = time.monotonic() + 10
+    while not contents_events(enclave_server, "/api/config/leak", "api"):
+        assert time.monotonic() < deadline, "the blocked response was not audited"
+        time.sleep(0.1)
+
+
+def test_lab_settings_still_served(enclave_server: EnclaveServer) -> None:
+    settings = enclave_server.get("/lab/api/settings")
+    config = enclave_server.get("/api/config/notebook")
+
+    assert settings.status_code == 200
+    assert settings.json()["settings"]
+    assert config.status_code == 200
+
+
+def test_user_lab_extension_not_served(enclave_server: EnclaveServer) -> None:
+    # A lab extension folder in the user's home would serve any file a kernel
+    # puts there, and JavaScript there would run in the browser.
+    folder = enclave_server.user.home / ".local/share/jupyter/labextensions/stage"
+    write_as_user(enclave_server, folder / "static" / "clip.js", "staged video")
+
+    staged = enclave_server.get("/lab/extensions/stage/static/clip.js")
+    installed = enclave_server.get("/lab/extensions/jupyterlab_pygments/package.json")
+
+    assert staged.status_code == 404
+    assert "staged video" not in staged.text
+    assert installed.status_code == 200
