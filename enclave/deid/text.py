@@ -9,10 +9,12 @@ counted.
 
 Public API used by the video pipeline and by :mod:`enclave.deid.dicom`:
 
-- :class:`TextDetector` ``(threshold=0.5, detect_side=960)``: the engine, with
-  :meth:`TextDetector.detect` for one frame and :attr:`TextDetector.counts`.
-- :func:`find_static_text` ``(frames, sample_every=N, detector=None)`` returns a
-  list of :class:`TextRegion` ``(box=(x0, y0, x1, y1), first_frame, last_frame)``.
+- :class:`TextDetector` ``(threshold=0.5, detect_side=960, threads=None)``: the
+  engine, with :meth:`TextDetector.detect` for one frame and
+  :attr:`TextDetector.counts`.
+- :func:`find_static_text` ``(frames, sample_every=N, detector=None,
+  sample_hits=None)`` returns a list of :class:`TextRegion` ``(box=(x0, y0,
+  x1, y1), first_frame, last_frame)``.
 - :func:`mask_text` ``(frame, regions, frame_index, fill=0)`` returns the frame
   with every region that covers ``frame_index`` filled with a solid value.
 - :func:`residual_text` ``(frames, threshold=0.4, sample_every=1)`` returns the
@@ -29,8 +31,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +118,10 @@ class TextDetector:
     detect_side
         Target length in pixels of the long side of a frame during detection.
         Frames are scaled by ``detect_side / long_side``, bounded to 0.5 - 4.
+    threads
+        Intra-op threads of the OCR engine's onnxruntime sessions; default:
+        onnxruntime's default (one per physical core). The video pipeline
+        uses 1 and runs OCR beside its face detection threads.
 
     Raises
     ------
@@ -128,7 +135,13 @@ class TextDetector:
     []
     """
 
-    def __init__(self, threshold: float = 0.5, *, detect_side: int = 960) -> None:
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        *,
+        detect_side: int = 960,
+        threads: int | None = None,
+    ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValidationError(
                 f"text threshold {threshold!r} is invalid; use a value from 0 to 1"
@@ -139,7 +152,11 @@ class TextDetector:
             )
         self.threshold = float(threshold)
         self.detect_side = int(detect_side)
-        self._engine = _load_engine()
+        if threads is not None and threads < 1:
+            raise ValidationError(
+                f"OCR threads {threads!r} is invalid; use 1 or more, or None"
+            )
+        self._engine = _load_engine(threads)
         self._lock = threading.Lock()
         self._counts = {
             "frames_scanned": 0,
@@ -276,7 +293,7 @@ class TextDetector:
 
 
 @functools.cache
-def _load_engine():
+def _load_engine(threads: int | None = None):
     try:
         from rapidocr_onnxruntime import RapidOCR
 
@@ -285,7 +302,11 @@ def _load_engine():
         # NOTE: TextDetector calls the engine's text_det, get_crop_img_list and
         # text_rec members (rapidocr_onnxruntime 1.4.4), which are not a
         # documented API and may change in other versions.
-        return RapidOCR(det_limit_type="max", det_limit_side_len=100_000)
+        options = {"det_limit_type": "max", "det_limit_side_len": 100_000}
+        if threads is not None:
+            # RapidOCR ignores values above os.cpu_count().
+            options["intra_op_num_threads"] = min(threads, os.cpu_count() or 1)
+        return RapidOCR(**options)
     except Exception as exc:
         raise DeidentificationError(
             "the OCR engine could not be loaded, so no frame can be checked for "
@@ -294,9 +315,11 @@ def _load_engine():
 
 
 @functools.cache
-def default_detector(threshold: float = 0.5) -> TextDetector:
-    """Return a shared :class:`TextDetector` for ``threshold``."""
-    return TextDetector(threshold)
+def default_detector(
+    threshold: float = 0.5, threads: int | None = None
+) -> TextDetector:
+    """Return a shared :class:`TextDetector` for ``threshold`` and ``threads``."""
+    return TextDetector(threshold, threads=threads)
 
 
 def find_static_text(
@@ -304,6 +327,7 @@ def find_static_text(
     sample_every: int = 30,
     *,
     detector: TextDetector | None = None,
+    sample_hits: Mapping[int, Sequence[TextHit]] | None = None,
 ) -> list[TextRegion]:
     """Find text overlays that stay in place and the frames they cover.
 
@@ -322,6 +346,10 @@ def find_static_text(
         Distance in frames between the frames that are fully scanned.
     detector
         The detector to use; defaults to :func:`default_detector`.
+    sample_hits
+        Hits that ``detector.detect`` already returned for sampled frames, by
+        frame index, so that a caller can scan the samples while it decodes.
+        Sampled frames missing from it are scanned here.
 
     Returns
     -------
@@ -351,7 +379,7 @@ def find_static_text(
     if samples[-1] != total - 1:
         samples.append(total - 1)
 
-    tracks = _track_boxes(detector, frames, samples)
+    tracks = _track_boxes(detector, frames, samples, sample_hits or {})
     regions = [_extend_track(detector, frames, samples, t) for t in tracks]
     logger.debug(
         "found %d text regions on %d sampled frames of %d",
@@ -369,10 +397,17 @@ class _Track:
     last_sample: int
 
 
-def _track_boxes(detector: TextDetector, frames, samples: list[int]) -> list[_Track]:
+def _track_boxes(
+    detector: TextDetector,
+    frames,
+    samples: list[int],
+    sample_hits: Mapping[int, Sequence[TextHit]],
+) -> list[_Track]:
     tracks: list[_Track] = []
     for position, frame_index in enumerate(samples):
-        hits = detector.detect(np.asarray(frames[frame_index]))
+        hits = sample_hits.get(frame_index)
+        if hits is None:
+            hits = detector.detect(np.asarray(frames[frame_index]))
         for hit in hits:
             track = _matching_track(tracks, hit.box, position)
             if track is None:

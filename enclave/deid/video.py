@@ -1,6 +1,6 @@
 """De-identify one video held in memory: analyse, mask, encode, check.
 
-The input is decoded three times, never written to disk:
+The input is decoded twice and the output once, never written to disk:
 
 1. Analysis: faces are detected on every ``detect_every``-th frame, scaled
    down and turned to display orientation; frames are sampled for text.
@@ -8,24 +8,34 @@ The input is decoded three times, never written to disk:
    keep masks are applied in stored orientation. The frame is encoded with
    its original ``pts`` and time base, so frame count, timestamps (including
    a variable frame rate) and duration equal the input's.
-3. Residual check: the encoded output is decoded and searched again with
-   stricter thresholds; any face or text outside a mask fails the run.
+3. Residual check: each packet the encoder returns is decoded before it is
+   muxed, and the decoded frames are searched again with stricter
+   thresholds; any face or text outside a mask fails the run.
+
+Face detection runs in a pool of worker threads, one per core, while the
+calling thread decodes, masks and encodes, so the residual check of a frame
+overlaps the encoding of the next ones.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import io
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from enclave.deid import masking, tracking
 from enclave.deid.faces import FaceDetector, detection_size
@@ -42,17 +52,107 @@ COVERED_SHARE = 0.9
 # Share of a residual text line that must lie under masks to count as covered.
 TEXT_COVERED_SHARE = 0.5
 
-_FACE_DETECTOR: FaceDetector | None = None
+# Frames waiting for or in face detection, per worker. Each job keeps a
+# decoded frame (1.4 MB at 720p) in memory, and a few per worker keep the
+# workers busy while the calling thread masks and encodes.
+FRAMES_IN_FLIGHT_PER_WORKER = 4
 
 FORMAT_SUFFIXES = {"mp4": ".mp4", "mov": ".mov", "matroska": ".mkv"}
 
 
+_FACE_DETECTOR: FaceDetector | None = None
+_FACE_DETECTOR_LOCK = threading.Lock()
+
+# Intra-op threads of the OCR engine. OCR runs in its own thread beside the
+# face detection threads, so one thread per call is enough. More threads
+# would also spin while idle, because RapidOCR leaves onnxruntime's spinning
+# on, and take CPU time from face detection.
+OCR_THREADS = 1
+
+
 def shared_face_detector() -> FaceDetector:
-    """Return the process-wide face detector, loading the model on first use."""
+    """Return the process-wide face detector, loading the model on first use.
+
+    Its onnxruntime session runs each frame on one thread, and the detection
+    pool runs one frame per core at once. On the 2-core AMD EPYC of
+    docs/benchmarks.md, two such threads took 8.4 ms per 512x288 frame, and
+    one caller with two intra-op threads 11.0 ms.
+    """
     global _FACE_DETECTOR
-    if _FACE_DETECTOR is None:
-        _FACE_DETECTOR = FaceDetector()
-    return _FACE_DETECTOR
+    with _FACE_DETECTOR_LOCK:
+        if _FACE_DETECTOR is None:
+            _FACE_DETECTOR = FaceDetector(threads=1)
+        return _FACE_DETECTOR
+
+
+@functools.cache
+def detection_workers() -> int:
+    """Return the number of face detection threads: the cores this process may use."""
+    return len(os.sched_getaffinity(0))
+
+
+@functools.cache
+def detection_pool() -> ThreadPoolExecutor:
+    """Return the process-wide pool of face detection threads."""
+    return ThreadPoolExecutor(
+        max_workers=detection_workers(), thread_name_prefix="deid-faces"
+    )
+
+
+class _DetectionJobs:
+    """Face detections running in the detection pool, collected in submission order.
+
+    At most ``limit`` frames are in flight. ``submit`` waits for the oldest
+    detection beyond that, which bounds the memory of decoded frames and
+    slows the calling thread down to the pool's pace.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, limit: int) -> None:
+        self._pool = pool
+        self._limit = max(1, limit)
+        self._pending: collections.deque[tuple[Any, Future[Any]]] = (
+            collections.deque()
+        )
+        self._done: list[tuple[Any, Any]] = []
+
+    def submit(self, key: Any, function: Callable[..., Any], *args: Any) -> None:
+        self._pending.append((key, self._pool.submit(function, *args)))
+        while len(self._pending) > self._limit:
+            self._collect_oldest()
+
+    def finish(self) -> list[tuple[Any, Any]]:
+        """Wait for every detection and return ``(key, result)`` pairs in order."""
+        while self._pending:
+            self._collect_oldest()
+        return self._done
+
+    def cancel(self) -> None:
+        """Drop the detections not yet started; running ones finish unread."""
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+
+    def _collect_oldest(self) -> None:
+        key, future = self._pending.popleft()
+        self._done.append((key, future.result()))
+
+
+@functools.cache
+def text_pool() -> ThreadPoolExecutor:
+    """Return the process-wide thread that runs OCR beside face detection."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="deid-text")
+
+
+def _text_detector(threshold: float) -> Any:
+    from enclave.deid import text as text_module
+
+    return text_module.default_detector(threshold, threads=OCR_THREADS)
+
+
+def _detection_jobs() -> _DetectionJobs:
+    return _DetectionJobs(
+        detection_pool(), FRAMES_IN_FLIGHT_PER_WORKER * detection_workers()
+    )
 
 
 @dataclass
@@ -103,19 +203,28 @@ def deidentify_video(
     """
     started = time.perf_counter()
     faces = profile.settings["faces"]
-    detector = shared_face_detector()
+    for name in ("residual_every", "detect_every"):
+        if int(faces[name]) < 1:
+            raise ValidationError(
+                f"faces_{name} {faces[name]!r} is invalid; use 1 for every frame, "
+                "or a larger interval"
+            )
+    # The models load in the worker threads while the calling thread starts
+    # decoding; the first detection waits for them.
+    detection_pool().submit(shared_face_detector)
+    if "text" in profile.steps:
+        text_pool().submit(_text_detector, float(profile.settings["text"]["threshold"]))
 
-    analysis = _analyse(data, profile, detector)
-    text_regions = _find_text(data, analysis, profile)
+    analysis, text_samples = _analyse(data, profile)
+    text_regions = _find_text(data, analysis, profile, text_samples)
     voice = _anonymised_voice(data, analysis, profile)
     rounds = 0
     while True:
         rounds += 1
         per_frame = _face_masks(analysis, faces) if profile.runs("faces") else None
-        output, counts, applied = _mask_and_encode(
+        output, counts, residual = _mask_encode_and_check(
             data, analysis, profile, per_frame, text_regions, voice
         )
-        residual = _residual_check(output, analysis, profile, detector, applied)
         if residual["passed"] or not _remask(analysis, profile, residual, rounds):
             break
     counts["faces"]["rounds"] = rounds
@@ -253,10 +362,18 @@ def _video_stream(
     return stream
 
 
-def _analyse(data: bytes, profile: Profile, detector: FaceDetector) -> _Analysis:
+def _analyse(
+    data: bytes, profile: Profile
+) -> tuple[_Analysis, dict[int, Future[Any]]]:
+    """Decode the input once: record timing, detect faces and scan text samples.
+
+    Returns the analysis and the text scans of the sampled frames, which run
+    in the OCR thread.
+    """
     faces = profile.settings["faces"]
     text = profile.settings.get("text", {})
     analysis = _Analysis()
+    text_samples: dict[int, Future[Any]] = {}
     with _open_input(data) as container:
         stream = _video_stream(container)
         analysis.codec = stream.codec_context.name
@@ -277,9 +394,21 @@ def _analyse(data: bytes, profile: Profile, detector: FaceDetector) -> _Analysis
         )
 
         sample_text = profile.runs("text")
+        detect_faces = profile.runs("faces")
         text_every = _frames_for(text.get("sample_seconds", 4.0), stream.average_rate)
+        threshold = faces["threshold"]
+        text_threshold = float(text.get("threshold", 0.5))
         scaled: tuple[int, int, float] | None = None
         last_frame = None
+        jobs = _detection_jobs()
+
+        def sample_text_of(index: int, frame: av.VideoFrame) -> None:
+            image = _display_rgb(frame, analysis.rotation)
+            analysis.text_frames[index] = image
+            text_samples[index] = text_pool().submit(
+                _scan_text, image, text_threshold
+            )
+
         try:
             for index, frame in enumerate(_prefetched(container.decode(stream))):
                 if index == 0:
@@ -290,40 +419,57 @@ def _analyse(data: bytes, profile: Profile, detector: FaceDetector) -> _Analysis
                         frame.width, frame.height, faces["detect_long_side"]
                     )
                 _record_timing(analysis, frame, index)
-                if index % faces["detect_every"] == 0 and profile.runs("faces"):
-                    analysis.detections[index] = _detect(
-                        detector, frame, scaled, analysis.rotation, faces["threshold"]
-                    )
+                # The text sample is converted before the frame goes to a
+                # detection thread, because both conversions use the frame.
                 if sample_text and index % text_every == 0:
-                    analysis.text_frames[index] = _display_rgb(frame, analysis.rotation)
+                    sample_text_of(index, frame)
+                if detect_faces and index % faces["detect_every"] == 0:
+                    jobs.submit(
+                        index,
+                        _detect,
+                        frame,
+                        scaled,
+                        analysis.rotation,
+                        threshold,
+                    )
                 last_frame = frame
+            if last_frame is None:
+                raise ValidationError("the video has no frames; check the file")
+            last = analysis.frame_count - 1
+            if sample_text and last not in analysis.text_frames:
+                sample_text_of(last, last_frame)
+            if detect_faces and last % faces["detect_every"] != 0:
+                # The last frame is always examined so no track ends unseen.
+                jobs.submit(
+                    last,
+                    _detect,
+                    last_frame,
+                    scaled,
+                    analysis.rotation,
+                    threshold,
+                )
+            analysis.detections = dict(jobs.finish())
         except av.FFmpegError as exc:
             raise ValidationError(
                 f"the video cannot be decoded ({exc}); check the file"
             ) from exc
-        if last_frame is None:
-            raise ValidationError("the video has no frames; check the file")
-        last = analysis.frame_count - 1
-        if sample_text:
-            analysis.text_frames.setdefault(
-                last, _display_rgb(last_frame, analysis.rotation)
-            )
-        if (
-            profile.runs("faces")
-            and faces["detect_every"] > 1
-            and last not in analysis.detections
-        ):
-            # The last frame is always examined so no track ends unseen.
-            analysis.detections[last] = _detect(
-                detector, last_frame, scaled, analysis.rotation, faces["threshold"]
-            )
+        except BaseException:
+            for future in text_samples.values():
+                future.cancel()
+            raise
+        finally:
+            jobs.cancel()
     if analysis.width % 2 or analysis.height % 2:
         # NOTE: YUV 4:2:0 output needs even sides; odd-sized sources are rare.
         raise ValidationError(
             f"frame size {analysis.width}x{analysis.height} is invalid for YUV 4:2:0 "
             "output; crop or pad the video to even width and height"
         )
-    return analysis
+    return analysis, text_samples
+
+
+def _scan_text(image: np.ndarray, threshold: float) -> Any:
+    return _text_detector(threshold).detect(image)
 
 
 def _record_timing(analysis: _Analysis, frame: av.VideoFrame, index: int) -> None:
@@ -349,27 +495,52 @@ def _display_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
 
 
 def _detect(
-    detector: FaceDetector,
     frame: av.VideoFrame,
     scaled: tuple[int, int, float] | None,
     rotation: int,
     threshold: float,
 ) -> np.ndarray:
-    return _detect_scored(detector, frame, scaled, rotation, threshold)[0]
+    return _detect_scored(frame, scaled, rotation, threshold)[0]
+
+
+_THREAD_STATE = threading.local()
+
+
+def _reformatter() -> VideoReformatter:
+    """Return this thread's scaler, so its swscale context is set up only once."""
+    reformatter = getattr(_THREAD_STATE, "reformatter", None)
+    if reformatter is None:
+        reformatter = _THREAD_STATE.reformatter = VideoReformatter()
+    return reformatter
 
 
 def _detect_scored(
-    detector: FaceDetector,
     frame: av.VideoFrame,
     scaled: tuple[int, int, float] | None,
     rotation: int,
     threshold: float,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Detect faces on ``frame`` scaled to ``scaled``; boxes are in stored pixels.
+
+    Runs in the detection threads. The scaler runs single-threaded because
+    every core already runs a detection thread.
+    """
     assert scaled is not None
     width, height, scale = scaled
-    small = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+    small = (
+        _reformatter()
+        .reformat(
+            frame,
+            width=width,
+            height=height,
+            format="rgb24",
+            interpolation="BILINEAR",
+            threads=1,
+        )
+        .to_ndarray()
+    )
     display = np.ascontiguousarray(masking.to_display(small, rotation))
-    found = detector.detect(display, threshold)
+    found = shared_face_detector().detect(display, threshold)
     stored = masking.display_to_stored(found.boxes, rotation, width, height)
     # Scale by the exact ratio on each axis, since width and height round apart.
     ratio = np.array([frame.width / width, frame.height / height] * 2, dtype=np.float32)
@@ -422,18 +593,26 @@ def _face_masks(analysis: _Analysis, faces: dict[str, Any]) -> list[list[masking
     ]
 
 
-def _find_text(data: bytes, analysis: _Analysis, profile: Profile) -> list[Any]:
+def _find_text(
+    data: bytes,
+    analysis: _Analysis,
+    profile: Profile,
+    text_samples: dict[int, Future[Any]],
+) -> list[Any]:
     if not profile.runs("text"):
         return []
     from enclave.deid import text as text_module
 
     settings = profile.settings["text"]
+    sample_hits = {index: future.result() for index, future in text_samples.items()}
     frames = _FrameSequence(data, analysis)
-    detector = text_module.default_detector(float(settings["threshold"]))
+    # The OCR thread is idle now, so this thread may use the engine: the
+    # search between samples runs here.
     return text_module.find_static_text(
         frames,
         sample_every=_frames_for(settings["sample_seconds"], analysis.average_rate),
-        detector=detector,
+        detector=_text_detector(float(settings["threshold"])),
+        sample_hits=sample_hits,
     )
 
 
@@ -607,14 +786,18 @@ def _encode_voice(output: Any, stream: Any, voice: _Voice) -> None:
         output.mux(packet)
 
 
-def _mask_and_encode(
+def _mask_encode_and_check(
     data: bytes,
     analysis: _Analysis,
     profile: Profile,
     face_masks: list[list[masking.Box]] | None,
     text_regions: list[Any],
     voice: _Voice | None = None,
-) -> tuple[bytes, dict[str, Any], dict[int, list[masking.Box]]]:
+) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    """Mask and encode every kept frame, checking the encoded output as it is made.
+
+    Returns the output file, the per-step counts and the residual check.
+    """
     faces = profile.settings["faces"]
     encode = profile.settings["encode"]
     text_boxes = _text_boxes_stored(text_regions, analysis)
@@ -644,6 +827,7 @@ def _mask_and_encode(
         },
     }
     applied: dict[int, list[masking.Box]] = {}
+    kept_indices: list[int] = []
 
     buffer = io.BytesIO()
     # bitexact keeps the muxer from writing its own "encoder" tag.
@@ -669,6 +853,7 @@ def _mask_and_encode(
             "seconds": round(len(voice.samples) / voice.rate, 3),
         }
 
+    check = _ResidualCheck(analysis, profile, applied)
     try:
         with _open_input(data) as container:
             stream = _video_stream(container)
@@ -677,6 +862,7 @@ def _mask_and_encode(
                 if not _kept(profile, analysis.seconds(pts)):
                     counts["keep"]["frames_cut"] += 1
                     continue
+                kept_indices.append(index)
                 image = frame.to_ndarray(format="yuv420p")
                 planes = _planes(image, analysis.width, analysis.height)
                 boxes = face_masks[index] if face_masks else []
@@ -698,17 +884,26 @@ def _mask_and_encode(
                 out_frame.time_base = analysis.time_base
                 out_frame.duration = analysis.durations[index]
                 for packet in ostream.encode(out_frame):
+                    # The muxer takes the packet's data, so it is decoded first.
+                    check.decode(packet, ostream.codec_context)
                     output.mux(packet)
             for packet in ostream.encode():
+                check.decode(packet, ostream.codec_context)
                 output.mux(packet)
+            check.decode(None, ostream.codec_context)
         if voice_stream is not None and voice is not None:
             _encode_voice(output, voice_stream, voice)
         output.close()
+        residual = check.finish(kept_indices)
     except av.FFmpegError as exc:
         raise DeidentificationError(
             f"encoding the de-identified video failed: {exc}"
         ) from exc
-    return buffer.getvalue(), counts, applied
+    finally:
+        check.cancel()
+    data_out = buffer.getvalue()
+    residual["output"] = _output_facts(data_out, analysis, kept_indices)
+    return data_out, counts, residual
 
 
 def _planes(image: np.ndarray, width: int, height: int) -> list[np.ndarray]:
@@ -743,145 +938,217 @@ def _covered_share(box: np.ndarray, masks: list[masking.Box]) -> float:
     return float(cover.mean())
 
 
-def _residual_check(
-    output: bytes,
-    analysis: _Analysis,
-    profile: Profile,
-    detector: FaceDetector,
-    applied: dict[int, list[masking.Box]],
-) -> dict[str, Any]:
-    faces = profile.settings["faces"]
-    text = profile.settings.get("text", {})
-    every = int(faces["residual_every"])
-    # Check the frames between detector runs, where tracking did the work.
-    phase = 1 % every if faces["detect_every"] > 1 else 0
-    index_of_pts = {pts: i for i, pts in enumerate(analysis.pts)}
-    text_every = _frames_for(text.get("residual_seconds", 4.0), analysis.average_rate)
-    text_frames: dict[int, np.ndarray] = {}
-    # The check runs even when masking is switched off, so that switching it
-    # off cannot publish text.
-    check_text = "text" in profile.steps
+class _ResidualCheck:
+    """The stricter search of the encoded output for faces and text outside masks.
 
-    candidates: list[tuple[int, int, np.ndarray, float, float]] = []
-    checked = 0
-    out_pts: list[int] = []
-    out_durations: list[int] = []
-    sources: list[int] = []
-    with _open_input(output) as container:
-        stream = _video_stream(container)
-        out_time_base = stream.time_base
-        scaled = None
-        last_frame = None
-        for position, frame in enumerate(_prefetched(container.decode(stream))):
-            if scaled is None:
-                scaled = detection_size(
-                    frame.width, frame.height, faces["detect_long_side"]
-                )
-            out_pts.append(frame.pts)
-            out_durations.append(frame.duration or 0)
-            source_index = index_of_pts.get(
-                round(Fraction(frame.pts) * out_time_base / analysis.time_base)
-            )
-            if source_index is None:
-                raise DeidentificationError(
-                    f"output frame {position} has a timestamp the input does not have"
-                )
-            if position % every == phase or position == 0:
-                checked += 1
-                found = _detect_scored(
-                    detector,
-                    frame,
-                    scaled,
-                    analysis.rotation,
-                    faces["residual_threshold"],
-                )
-                for box, score in zip(*found, strict=True):
-                    share = _covered_share(box, applied.get(source_index, []))
-                    if share < COVERED_SHARE:
-                        candidates.append(
-                            (position, source_index, box, float(score), share)
-                        )
-            sources.append(source_index)
-            if check_text and position % text_every == 0:
-                text_frames[position] = _display_rgb(frame, analysis.rotation)
-            last_frame = frame
-        if last_frame is not None and check_text:
-            text_frames.setdefault(
-                position, _display_rgb(last_frame, analysis.rotation)
-            )
+    ``decode`` takes each packet the encoder returns, before it is muxed, so
+    the check reads the exact bits of the output file. Face detection of the
+    decoded frames runs in the detection pool, and OCR of the sampled frames
+    in the OCR thread, while the calling thread masks and encodes the next
+    frames.
+    """
 
-    face_hits = _confirmed_faces(candidates, faces, every)
-    text_result = (
-        _residual_text(text_frames, len(out_pts), text, analysis, sources, applied)
-        if check_text
-        else {
-            "checked_frames": 0,
-            "hits": 0,
-            "boxes": [],
+    def __init__(
+        self,
+        analysis: _Analysis,
+        profile: Profile,
+        applied: dict[int, list[masking.Box]],
+    ) -> None:
+        self._analysis = analysis
+        self._faces = profile.settings["faces"]
+        self._text = profile.settings.get("text", {})
+        self._applied = applied
+        self.every = int(self._faces["residual_every"])
+        # With a larger interval, check the frames between detector runs,
+        # where tracking did the work.
+        self._phase = 1 % self.every if self._faces["detect_every"] > 1 else 0
+        self._index_of_pts = {pts: i for i, pts in enumerate(analysis.pts)}
+        self._text_every = _frames_for(
+            self._text.get("residual_seconds", 4.0), analysis.average_rate
+        )
+        # The check runs even when masking is switched off, so that switching
+        # it off cannot publish text.
+        self._check_text = "text" in profile.steps
+        self._text_threshold = float(self._text.get("residual_threshold", 0.3))
+        self._text_scans: dict[int, Future[Any]] = {}
+        self._sources: list[int] = []
+        self._scaled: tuple[int, int, float] | None = None
+        self._decoder: av.CodecContext | None = None
+        self._last_frame: av.VideoFrame | None = None
+        self._checked = 0
+        self._jobs = _detection_jobs()
+
+    def decode(
+        self, packet: av.Packet | None, encoder: av.CodecContext
+    ) -> None:
+        """Decode one output packet (``None`` flushes) and queue its frames."""
+        if self._decoder is None:
+            # The encoder has been opened by now, so its extradata (the H.264
+            # parameter sets that MP4 keeps out of band) is final.
+            self._decoder = av.CodecContext.create(encoder.codec.canonical_name, "r")
+            self._decoder.extradata = encoder.extradata
+        for frame in self._decoder.decode(packet):
+            self._add(frame)
+
+    def _add(self, frame: av.VideoFrame) -> None:
+        position = len(self._sources)
+        source_index = self._index_of_pts.get(frame.pts)
+        if source_index is None:
+            raise DeidentificationError(
+                f"output frame {position} has timestamp {frame.pts}, "
+                "which no input frame has"
+            )
+        self._sources.append(source_index)
+        if self._scaled is None:
+            self._scaled = detection_size(
+                frame.width, frame.height, self._faces["detect_long_side"]
+            )
+        # The text sample is converted before the frame goes to a detection
+        # thread, because both conversions use the frame.
+        if self._check_text and position % self._text_every == 0:
+            self._scan_text(position, frame)
+        if position % self.every == self._phase or position == 0:
+            self._checked += 1
+            self._jobs.submit(
+                (position, source_index),
+                _detect_scored,
+                frame,
+                self._scaled,
+                self._analysis.rotation,
+                self._faces["residual_threshold"],
+            )
+        self._last_frame = frame
+
+    def _scan_text(self, position: int, frame: av.VideoFrame) -> None:
+        image = _display_rgb(frame, self._analysis.rotation)
+        self._text_scans[position] = text_pool().submit(
+            _scan_residual_text, image, self._text_threshold
+        )
+
+    def finish(self, kept_indices: list[int]) -> dict[str, Any]:
+        """Wait for the detections and return the check's result.
+
+        Raises
+        ------
+        DeidentificationError
+            If the decoded output frames are not the kept input frames.
+        """
+        if self._sources != kept_indices:
+            raise DeidentificationError(
+                f"the encoded output decodes to {len(self._sources)} frames, "
+                f"expected the {len(kept_indices)} kept input frames in order"
+            )
+        last = len(self._sources) - 1
+        if self._check_text and self._last_frame is not None:
+            if last not in self._text_scans:
+                self._scan_text(last, self._last_frame)
+        self._last_frame = None
+
+        candidates: list[tuple[int, int, np.ndarray, float, float]] = []
+        for (position, source_index), found in self._jobs.finish():
+            masks = self._applied.get(source_index, [])
+            for box, score in zip(*found, strict=True):
+                share = _covered_share(box, masks)
+                if share < COVERED_SHARE:
+                    candidates.append(
+                        (position, source_index, box, float(score), share)
+                    )
+        face_hits = _confirmed_faces(candidates, self._faces, self.every)
+        text_result = (
+            _residual_text(
+                {p: future.result() for p, future in self._text_scans.items()},
+                self._text_threshold,
+                self._analysis,
+                self._sources,
+                self._applied,
+            )
+            if self._check_text
+            else {"checked_frames": 0, "hits": 0, "boxes": []}
+        )
+        return {
+            "passed": not face_hits and not text_result["hits"],
+            "faces": {
+                "threshold": self._faces["residual_threshold"],
+                "checked_frames": self._checked,
+                "hits": len(face_hits),
+                "boxes": face_hits[:50],
+                "all_boxes": face_hits,
+            },
+            "text": text_result,
         }
+
+    def cancel(self) -> None:
+        self._jobs.cancel()
+        for future in self._text_scans.values():
+            future.cancel()
+
+
+def _scan_residual_text(image: np.ndarray, threshold: float) -> list[Any]:
+    from enclave.deid import text as text_module
+
+    # One detection pass decides whether a frame is clean.
+    return text_module.residual_text(
+        [image], threshold, detector=_text_detector(threshold)
     )
-    first = Fraction(out_pts[0]) * out_time_base if out_pts else Fraction(0)
-    last = (
-        Fraction(out_pts[-1] + out_durations[-1]) * out_time_base
-        if out_pts
-        else Fraction(0)
-    )
+
+
+def _output_facts(
+    output: bytes, analysis: _Analysis, kept_indices: list[int]
+) -> dict[str, Any]:
+    """Read the frame count, duration and time base of the written file.
+
+    The packets are demuxed, not decoded. Their timestamps must be those of
+    the kept input frames, so that the muxer's edits (such as an edit list)
+    cannot shift the frames that the residual check examined.
+
+    Raises
+    ------
+    DeidentificationError
+        If the file's timestamps differ from the kept input frames'.
+    """
+    with _open_input(output) as container:
+        stream = container.streams.video[0]
+        time_base = stream.time_base
+        timing = sorted(
+            (packet.pts, packet.duration or 0)
+            for packet in container.demux(stream)
+            if packet.size and packet.pts is not None
+        )
+    expected = [analysis.pts[i] for i in kept_indices]
+    found = [
+        round(Fraction(pts) * time_base / analysis.time_base) for pts, _ in timing
+    ]
+    if found != expected:
+        raise DeidentificationError(
+            f"the output file has {len(found)} frames whose timestamps differ from "
+            f"the {len(expected)} kept input frames'; the output was not published"
+        )
+    if not timing:
+        return {"frame_count": 0, "duration_s": 0.0, "time_base": str(time_base)}
+    first = Fraction(timing[0][0]) * time_base
+    last = Fraction(timing[-1][0] + timing[-1][1]) * time_base
     return {
-        "passed": not face_hits and not text_result["hits"],
-        "faces": {
-            "threshold": faces["residual_threshold"],
-            "checked_frames": checked,
-            "hits": len(face_hits),
-            "boxes": face_hits[:50],
-            "all_boxes": face_hits,
-        },
-        "text": text_result,
-        "output": {
-            "frame_count": len(out_pts),
-            "duration_s": float(last - first),
-            "time_base": str(out_time_base),
-        },
+        "frame_count": len(timing),
+        "duration_s": float(last - first),
+        "time_base": str(time_base),
     }
 
 
-class _SparseFrames:
-    def __init__(self, frames: dict[int, np.ndarray], count: int) -> None:
-        self._frames = frames
-        self._count = count
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        try:
-            return self._frames[index]
-        except KeyError:
-            raise DeidentificationError(
-                f"residual text check asked for unsampled frame {index}"
-            ) from None
-
-
 def _residual_text(
-    frames: dict[int, np.ndarray],
-    count: int,
-    settings: dict[str, Any],
+    scans: dict[int, list[Any]],
+    threshold: float,
     analysis: _Analysis,
     sources: list[int],
     applied: dict[int, list[masking.Box]],
 ) -> dict[str, Any]:
-    from enclave.deid import text as text_module
-
-    found = text_module.residual_text(
-        _SparseFrames(frames, count),
-        float(settings["residual_threshold"]),
-        sample_every=_frames_for(settings["residual_seconds"], analysis.average_rate),
-    )
+    """Turn the OCR hits on sampled output frames (by position) into the result."""
+    found = [(position, hit) for position, hits in scans.items() for hit in hits]
     # OCR reads the hard edge between a black mask and a bright background as
     # a text line. A line that lies mostly under masks shows nothing, so it is
     # not a residual; one mostly outside the masks is.
     hits = []
-    for hit in found:
-        source_index = sources[hit.frame_index]
+    for position, hit in found:
+        source_index = sources[position]
         stored = masking.display_to_stored(
             np.array([hit.box], dtype=np.float32),
             analysis.rotation,
@@ -898,8 +1165,8 @@ def _residual_text(
                 }
             )
     return {
-        "threshold": settings["residual_threshold"],
-        "checked_frames": len(frames),
+        "threshold": threshold,
+        "checked_frames": len(scans),
         "hits": len(hits),
         "boxes": hits[:50],
         "on_masks": len(found) - len(hits),

@@ -7,7 +7,13 @@ import pytest
 
 from enclave.deid import masking, tracking
 from enclave.deid.audio import lpc, mcadams
-from enclave.deid.faces import detection_size, nms, padded
+from enclave.deid.faces import (
+    _dynamic_model_bytes,
+    centerface_path,
+    detection_size,
+    nms,
+    padded,
+)
 from enclave.deid.profiles import PROFILE_NAMES, load_profile
 from enclave.errors import ValidationError
 from tests.fixtures.synthetic import voice_signal
@@ -111,6 +117,82 @@ def test_detection_size_from_frame():
     assert detection_size(1280, 720, 512) == (512, 288, 0.4)
     assert detection_size(176, 144, 512) == (176, 144, 1.0)
     assert padded(144) == 160
+
+
+def test_dynamic_model_matches_onnx_edit():
+    onnx = pytest.importorskip("onnx")
+    expected = onnx.load(str(centerface_path()))
+    for value_info in [expected.graph.input[0], *expected.graph.output]:
+        dims = value_info.type.tensor_type.shape.dim
+        for index, name in ((0, "batch"), (2, "height"), (3, "width")):
+            dims[index].ClearField("dim_value")
+            dims[index].dim_param = name
+    weights = {tensor.name for tensor in expected.graph.initializer}
+    image = [v for v in expected.graph.input if v.name not in weights]
+    del expected.graph.input[:]
+    expected.graph.input.extend(image)
+
+    rewritten = _dynamic_model_bytes(centerface_path())
+
+    model = onnx.load_model_from_string(rewritten)
+    assert model == expected
+    assert len(model.graph.input) == 1
+    shape = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in shape] == [
+        "batch",
+        3,
+        "height",
+        "width",
+    ]
+
+
+def test_detection_jobs_keep_order_and_bound():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from enclave.deid.video import _DetectionJobs
+
+    running = []
+    peak = []
+
+    def work(value):
+        running.append(value)
+        peak.append(len(running))
+        running.remove(value)
+        return value * 10
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = _DetectionJobs(pool, limit=3)
+        for value in range(20):
+            jobs.submit(value, work, value)
+            assert len(jobs._pending) <= 3
+
+        done = jobs.finish()
+
+    assert done == [(value, value * 10) for value in range(20)]
+    assert max(peak) <= 2
+
+
+def test_detection_jobs_raise_worker_error():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from enclave.deid.video import _DetectionJobs
+    from enclave.errors import DeidentificationError
+
+    def fail(_):
+        raise DeidentificationError("face detector failed: test")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        jobs = _DetectionJobs(pool, limit=2)
+        jobs.submit(0, fail, 0)
+        with pytest.raises(DeidentificationError, match="face detector failed"):
+            jobs.finish()
+
+
+def test_baseline_checks_every_output_frame():
+    faces = load_profile("baseline").settings["faces"]
+
+    assert faces["residual_every"] == 1
+    assert faces["detect_long_side"] == 512
 
 
 @pytest.mark.parametrize("name", PROFILE_NAMES)

@@ -241,6 +241,87 @@ def test_chapters_and_attachments_removed(tmp_path):
     assert result.report["steps"]["metadata"]["other_streams_removed"] == 1
 
 
+def test_residual_check_covers_every_frame(synthetic_clip):
+    clip = synthetic_clip(frames=10, faces=1)
+
+    result = deidentify_bytes(clip.path.read_bytes(), clip.path.name, "baseline")
+
+    faces = result.report["residual_check"]["faces"]
+    assert faces["checked_frames"] == clip.frame_count
+    assert faces["hits"] == 0
+
+
+def test_residual_check_reads_written_frames(synthetic_clip, monkeypatch):
+    import hashlib
+
+    from enclave.deid import video
+
+    clip = synthetic_clip("vfr-check.mp4", variable_frame_rate=True, frames=12)
+    checked = []
+    add = video._ResidualCheck._add
+
+    def recording_add(self, frame):
+        pixels = frame.to_ndarray(format="yuv420p").tobytes()
+        checked.append(hashlib.sha256(pixels).hexdigest())
+        add(self, frame)
+
+    monkeypatch.setattr(video._ResidualCheck, "_add", recording_add)
+
+    result = deidentify_bytes(clip.path.read_bytes(), clip.path.name, "baseline")
+
+    with av.open(io.BytesIO(result.data)) as container:
+        written = [
+            hashlib.sha256(frame.to_ndarray(format="yuv420p").tobytes()).hexdigest()
+            for frame in container.decode(video=0)
+        ]
+    assert len(written) == clip.frame_count
+    assert checked == written
+
+
+def test_residual_every_stays_configurable(synthetic_clip):
+    clip = synthetic_clip(frames=10, faces=1)
+
+    result = deidentify_bytes(
+        clip.path.read_bytes(), clip.path.name, "baseline", faces_residual_every=3
+    )
+
+    # Frame 0, and frames 1, 4, 7 between the detector's frames 0, 3, 6, 9.
+    assert result.report["residual_check"]["faces"]["checked_frames"] == 4
+    assert result.report["residual_check"]["passed"] is True
+
+
+def test_residual_every_zero_rejected(synthetic_clip):
+    clip = synthetic_clip(frames=2, faces=0)
+
+    with pytest.raises(ValidationError, match="faces_residual_every 0"):
+        deidentify_bytes(
+            clip.path.read_bytes(), clip.path.name, "baseline", faces_residual_every=0
+        )
+
+
+def test_residual_text_fails_unmasked(synthetic_clip, tmp_path):
+    clip = synthetic_clip(
+        "text-unmasked.mp4",
+        frames=6,
+        faces=0,
+        width=640,
+        height=360,
+        text=("PATIENT: JANE DOE", "MRN 0012345"),
+    )
+    output = tmp_path / "clip.mp4"
+
+    with pytest.raises(ResidualCheckFailed, match="text"):
+        deidentify_file(
+            clip.path, output, "baseline", tmp_path / "r.json", text_enabled=False
+        )
+
+    assert not output.exists()
+    failed = json.loads((tmp_path / "r.json").read_text())
+    assert failed["residual_check"]["text"]["hits"] > 0
+    assert failed["residual_check"]["text"]["checked_frames"] >= 1
+    assert failed["residual_check"]["faces"]["hits"] == 0
+
+
 def test_residual_check_fails_unmasked(synthetic_clip, tmp_path):
     clip = synthetic_clip(frames=8)
     output = tmp_path / "out" / "clip.mp4"
