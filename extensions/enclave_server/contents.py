@@ -106,7 +106,8 @@ class EnclaveContentsManager(AsyncLargeFileManager):
         """Return the model of ``path``, refusing the content of a blocked file.
 
         The outputs of a notebook that contain a blocked format are replaced
-        by a note, so that the rest of the notebook still opens.
+        by a note, and such attachments are deleted, so that the rest of the
+        notebook still opens.
         """
         if not content:
             return await super().get(
@@ -132,7 +133,7 @@ class EnclaveContentsManager(AsyncLargeFileManager):
             await self.refuse(blocked, "contents")
         for removed in model.pop(_REMOVED_OUTPUTS_KEY, []):
             self.log.warning(
-                "Removed an output of %r before sending it: %s",
+                "Removed an output or attachment of %r before sending it: %s",
                 removed.path,
                 removed.reason,
             )

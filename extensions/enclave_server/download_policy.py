@@ -185,9 +185,10 @@ class DownloadPolicy:
         """Return why a contents API model with content is blocked, or None.
 
         The outputs of a notebook that contain a blocked format are replaced
-        in ``model`` by a note and do not block the notebook. Each replaced
-        output is listed in ``model["enclave_removed_outputs"]``, which the
-        caller audits and deletes.
+        in ``model`` by a note, and such attachments of Markdown cells are
+        deleted; neither blocks the notebook. Each one is listed in
+        ``model["enclave_removed_outputs"]``, which the caller audits and
+        deletes.
         """
         content = model.get("content")
         if content is None or model.get("type") == "directory":
@@ -207,18 +208,25 @@ class DownloadPolicy:
         notebook = model["content"]
         removed = []
         for index, cell in enumerate(notebook.get("cells", [])):
+            where = f"{path} (cell {index + 1})"
             outputs = cell.get("outputs")
-            if not isinstance(outputs, list):
-                continue
-            for position, output in enumerate(outputs):
-                finding = self.scanner.scan_json(output)
-                if finding is None:
-                    continue
-                reason = _reason(finding)
-                outputs[position] = removed_output_note(reason)
-                removed.append(BlockedFile(f"{path} (cell {index + 1})", reason))
-        # The rest of the notebook (sources, attachments, metadata) is
-        # scanned with the outputs already replaced.
+            if isinstance(outputs, list):
+                for position, output in enumerate(outputs):
+                    finding = self.scanner.scan_json(output)
+                    if finding is not None:
+                        reason = _reason(finding)
+                        outputs[position] = removed_output_note(reason)
+                        removed.append(BlockedFile(where, reason))
+            # Images pasted into a Markdown cell are kept as attachments.
+            attachments = cell.get("attachments")
+            if isinstance(attachments, dict):
+                for name in list(attachments):
+                    finding = self.scanner.scan_json(attachments[name])
+                    if finding is not None:
+                        del attachments[name]
+                        removed.append(BlockedFile(f"{where} {name}", _reason(finding)))
+        # The rest of the notebook (sources, metadata) is scanned with the
+        # outputs and attachments already removed.
         finding = self.scanner.scan_json(notebook)
         if finding is not None:
             return BlockedFile(path, _reason(finding))

@@ -304,3 +304,23 @@ def test_notebook_outputs_replaced(carphone_path: Path) -> None:
     [removed] = model["enclave_removed_outputs"]
     assert removed.path == "a.ipynb (cell 1)"
     assert "MP4/MOV" in removed.reason
+
+
+def test_notebook_attachments_removed() -> None:
+    image = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image, format="PNG")
+    encoded = base64.b64encode(image.getvalue()).decode()
+    cell = {
+        "cell_type": "markdown",
+        "source": "![frame](attachment:frame.png)",
+        "attachments": {"frame.png": {"image/png": encoded}},
+    }
+    model = {"type": "notebook", "content": {"cells": [cell], "metadata": {}}}
+
+    blocked = DownloadPolicy().check_model("a.ipynb", model)
+
+    assert blocked is None
+    assert cell["attachments"] == {}
+    [removed] = model["enclave_removed_outputs"]
+    assert removed.path == "a.ipynb (cell 1) frame.png"
+    assert "PNG (image)" in removed.reason
