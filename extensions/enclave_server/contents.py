@@ -121,7 +121,7 @@ class EnclaveContentsManager(AsyncLargeFileManager):
                 path
             ) or self.download_policy.check_size(path, os.path.getsize(os_path))
             if blocked is not None:
-                await self.refuse(blocked, "contents")
+                await self.reject(blocked, "contents")
 
         model = await super().get(
             path, content=content, type=type, format=format, **kwargs
@@ -130,7 +130,7 @@ class EnclaveContentsManager(AsyncLargeFileManager):
             None, self.download_policy.check_model, path, model
         )
         if blocked is not None:
-            await self.refuse(blocked, "contents")
+            await self.reject(blocked, "contents")
         for removed in model.pop(_REMOVED_OUTPUTS_KEY, []):
             self.log.warning(
                 "Removed an output or attachment of %r before sending it: %s",
@@ -148,9 +148,9 @@ class EnclaveContentsManager(AsyncLargeFileManager):
             None, self.download_policy.check_file, path, os_path
         )
         if blocked is not None:
-            await self.refuse(blocked, route)
+            await self.reject(blocked, route)
 
-    async def refuse(self, blocked: BlockedFile, route: str) -> None:
+    async def reject(self, blocked: BlockedFile, route: str) -> None:
         """Audit the refusal of ``blocked`` and raise HTTP 403."""
         self.log.warning(
             "Blocked download of %r on the %s route: %s",
@@ -186,7 +186,7 @@ class BlockingFileHandler(AuthenticatedFileHandler):
         # The name is checked first, so that a video is not read at all.
         blocked = policy.check_name(path.strip("/"))
         if blocked is not None:
-            await manager.refuse(blocked, "files")
+            await manager.reject(blocked, "files")
         self.path = self.parse_url_path(path)
         absolute = self.validate_absolute_path(
             self.root, self.get_absolute_path(self.root, self.path)
@@ -205,7 +205,7 @@ class BlockingFileHandler(AuthenticatedFileHandler):
             None, policy.check_content, path.strip("/"), data
         )
         if blocked is not None:
-            await manager.refuse(blocked, "files")
+            await manager.reject(blocked, "files")
 
         content_type = mimetypes.guess_type(absolute)[0]
         self.set_header("Content-Type", content_type or "application/octet-stream")

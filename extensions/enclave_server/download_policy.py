@@ -186,7 +186,7 @@ class DownloadPolicy:
 
         The outputs of a notebook that contain a blocked format are replaced
         in ``model`` by a note, and such attachments of Markdown cells are
-        deleted; neither blocks the notebook. Each one is listed in
+        deleted. Neither blocks the notebook. Each one is listed in
         ``model["enclave_removed_outputs"]``, which the caller audits and
         deletes.
         """
@@ -256,7 +256,7 @@ class DownloadPolicy:
 
 
 def removed_output_note(reason: str) -> dict[str, Any]:
-    """Return the stream output that replaces a removed output and says why."""
+    """Return the stream output that replaces a removed output and gives the reason."""
     return {
         "output_type": "stream",
         "name": "stderr",
