@@ -70,6 +70,9 @@ _HEX_RUN = re.compile(
     % (MIN_RUN_CHARS // 2)
 )
 _HEX_NOISE = re.compile(r"0[xX]|\\x|[ \t,:;]")
+_HEX_SEPARATORS = re.compile(r"[ \t,:;]+")
+# Hex lengths of MD5, SHA-1, SHA-224, SHA-256, SHA-384 and SHA-512 digests.
+_DIGEST_HEX_CHARS = frozenset({32, 40, 56, 64, 96, 128})
 _ESCAPED_RUN = re.compile(
     r"(?:\\x[0-9a-fA-F]{2}|\\[0-7]{1,3}|\\[\\'\"abfnrtv]|[ -\[\]-~])+"
 )
@@ -257,7 +260,10 @@ class PayloadScanner:
                 if leading is not None and leading.kind in self.blocked:
                     return Finding(leading.format, leading.kind, where)
 
-        longest = max((len(data) for data in candidates), default=0)
+        # Few distinct byte values, such as a repeated id, are not data.
+        longest = max(
+            (len(data) for data in candidates if len(set(data)) >= 64), default=0
+        )
         for data in candidates:
             text = decode_text(data)
             if text is not None and len(text) >= MIN_RUN_CHARS:
@@ -333,11 +339,13 @@ class PayloadScanner:
             part = part[: len(part) // 2 * 2]
             if len(part) >= MIN_RUN_CHARS:
                 candidates.append(bytes.fromhex(part))
-        # Digits alone are more likely numbers than hex of data.
+        # Digits alone are more likely numbers than hex of data, and groups
+        # of one digest length are printed digests.
         letters = sum(1 for char in digits if char.isalpha())
-        return self._scan_decoded(
-            candidates, "hex", depth, binary_ok=letters >= 0.1 * len(digits)
-        )
+        lengths = {len(group) for group in _HEX_SEPARATORS.split(run) if group}
+        digests = len(lengths) == 1 and lengths <= _DIGEST_HEX_CHARS
+        binary_ok = letters >= 0.1 * len(digits) and not digests
+        return self._scan_decoded(candidates, "hex", depth, binary_ok=binary_ok)
 
     def _scan_escaped(self, run: str, depth: int) -> Finding | None:
         if run.count("\\x") < 4:

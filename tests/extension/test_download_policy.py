@@ -229,6 +229,8 @@ def test_content_findings(data: bytes, expected: str) -> None:
         base64.b64encode(b"a plain text note about frame 12. " * 40).decode(),
         "Traceback (most recent call last):\n  File \"/usr/lib/python3/x.py\"\n" * 50,
         str(list(range(256))),
+        "deadbeefcafe1234 " * 2000,
+        " ".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)),
     ],
 )
 def test_analysis_text_allowed(content: str) -> None:
