@@ -191,7 +191,7 @@ def test_non_member_is_refused_and_audited(stack) -> None:
 
     assert run.status == "error"
     assert run.errors[0]["ename"] == "PermissionDenied"
-    assert "member" in run.errors[0]["evalue"]
+    assert "no current project" in run.errors[0]["evalue"]
     denied = _audit(settings).events(actor="bob", outcome="denied")
     assert denied, "the broker wrote no record of the refused read"
     assert denied[-1].dataset == DEMO_DATASET
