@@ -8,9 +8,10 @@ lines of burned-in identity text, so every face and text box is known.
 For each tool the script runs the whole command (``enclave deid ...
 --profile baseline`` and ``deface`` with its defaults) ``--runs`` times and
 reports the median wall time, the frames per second, the CPU time and load
-average of each run, and the recall of faces and text. A ground-truth box counts as masked when the detail (mean squared
-Laplacian of the luma) left inside it is below a quarter of the input's,
-which a solid fill, a coarse mosaic and a strong blur all meet.
+average of each run, and the recall of faces and text. A ground-truth box
+counts as masked when the detail (mean squared Laplacian of the luma) left
+inside it is below a quarter of the input's, which a solid fill, a coarse
+mosaic and a strong blur all meet.
 
 Usage::
 

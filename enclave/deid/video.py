@@ -167,7 +167,6 @@ class _Analysis:
     pts: list[int] = field(default_factory=list)
     durations: list[int] = field(default_factory=list)
     detections: dict[int, np.ndarray] = field(default_factory=dict)
-    text_frames: dict[int, np.ndarray] = field(default_factory=dict)
     audio_streams: int = 0
     other_streams: int = 0
     container_tags: list[str] = field(default_factory=list)
@@ -403,8 +402,9 @@ def _analyse(
         jobs = _detection_jobs()
 
         def sample_text_of(index: int, frame: av.VideoFrame) -> None:
+            # Only the scan's result is kept, so memory does not grow with
+            # the video's length.
             image = _display_rgb(frame, analysis.rotation)
-            analysis.text_frames[index] = image
             text_samples[index] = text_pool().submit(
                 _scan_text, image, text_threshold
             )
@@ -436,7 +436,7 @@ def _analyse(
             if last_frame is None:
                 raise ValidationError("the video has no frames; check the file")
             last = analysis.frame_count - 1
-            if sample_text and last not in analysis.text_frames:
+            if sample_text and last not in text_samples:
                 sample_text_of(last, last_frame)
             if detect_faces and last % faces["detect_every"] != 0:
                 # The last frame is always examined so no track ends unseen.
@@ -617,7 +617,7 @@ def _find_text(
 
 
 class _FrameSequence:
-    """Display-oriented RGB frames by index, cached when sampled, else decoded again.
+    """Display-oriented RGB frames by index, decoded again from the input.
 
     The text search reads the frames of a gap between two samples one by one,
     from either end. A miss seeks to the keyframe before the frame and decodes
@@ -636,9 +636,6 @@ class _FrameSequence:
         return self._analysis.frame_count
 
     def __getitem__(self, index: int) -> np.ndarray:
-        cached = self._analysis.text_frames.get(index)
-        if cached is not None:
-            return cached
         if index not in self._recent:
             self._decode_up_to(index)
         return _display_rgb(self._recent[index], self._analysis.rotation)
