@@ -242,8 +242,9 @@ def _graph_for_runtime(graph: bytes) -> bytes:
     onnxruntime treats such a weight as an input that a caller may override,
     so it can neither pre-pack it nor move the convolutions to its blocked
     NCHWc layout. Without them a 512x288 frame took 12.4 ms of CPU time
-    instead of 27.4 ms (one thread, 2-core AMD EPYC, onnxruntime 1.32), with
-    outputs equal to within 1e-5.
+    instead of 27.4 ms (one thread, measured back to back on the 2-core AMD
+    EPYC of docs/benchmarks.md, onnxruntime 1.32), with outputs equal to
+    within 1e-5.
     """
     weights = {
         _string_field(payload, _TENSOR_NAME)

@@ -400,6 +400,7 @@ def _analyse(
         scaled: tuple[int, int, float] | None = None
         last_frame = None
         jobs = _detection_jobs()
+        completed = False
 
         def sample_text_of(index: int, frame: av.VideoFrame) -> None:
             # Only the scan's result is kept, so memory does not grow with
@@ -449,16 +450,16 @@ def _analyse(
                     threshold,
                 )
             analysis.detections = dict(jobs.finish())
+            completed = True
         except av.FFmpegError as exc:
             raise ValidationError(
                 f"the video cannot be decoded ({exc}); check the file"
             ) from exc
-        except BaseException:
-            for future in text_samples.values():
-                future.cancel()
-            raise
         finally:
             jobs.cancel()
+            if not completed:
+                for future in text_samples.values():
+                    future.cancel()
     if analysis.width % 2 or analysis.height % 2:
         # NOTE: YUV 4:2:0 output needs even sides; odd-sized sources are rare.
         raise ValidationError(
