@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,10 @@ def open_signed_in(
 
     ``ready`` is a JavaScript expression that is true once the wanted page
     has loaded. A browser that still has a hub session skips the provider.
+
+    NOTE: a page that asks before unloading (JupyterLab with unsaved
+    changes) blocks the navigation until the DevTools call times out, so save
+    such a page first.
     """
     login_form = (
         f"location.href.startsWith({json.dumps(running.issuer + '/interaction/')})"
@@ -75,7 +79,7 @@ def open_signed_in(
 
 
 def click_at(page: Page, selector: str) -> None:
-    """Click the centre of the first element matching ``selector`` with the mouse."""
+    """Click the center of the first element matching ``selector`` with the mouse."""
     box = page.evaluate(
         f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
         " if (!e) return null; e.scrollIntoView({block: 'center'});"
@@ -163,7 +167,7 @@ def fetch(
 
 
 def wait_until(
-    condition: Any, message: str, timeout: float, interval: float = 1.0
+    condition: Callable[[], Any], message: str, timeout: float, interval: float = 1.0
 ) -> Any:
     """Call ``condition`` until it returns a truthy value; raise after ``timeout`` s."""
     deadline = time.monotonic() + timeout
