@@ -143,6 +143,15 @@ def text_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="deid-text")
 
 
+def _forget_pools() -> None:
+    # A forked child has none of the parent's threads, so it starts new pools.
+    detection_pool.cache_clear()
+    text_pool.cache_clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
 def _text_detector(threshold: float) -> Any:
     from enclave.deid import text as text_module
 
@@ -215,6 +224,13 @@ def deidentify_video(
         text_pool().submit(_text_detector, float(profile.settings["text"]["threshold"]))
 
     analysis, text_samples = _analyse(data, profile)
+    if not any(_kept(profile, analysis.seconds(pts)) for pts in analysis.pts):
+        ranges = profile.step("keep").get("ranges", [])
+        raise ValidationError(
+            f"keep ranges {ranges} keep no frame of the video, which runs from "
+            f"{analysis.seconds(analysis.pts[0]):.3f} s for "
+            f"{analysis.duration_s():.3f} s; give ranges in seconds inside it"
+        )
     text_regions = _find_text(data, analysis, profile, text_samples)
     voice = _anonymised_voice(data, analysis, profile)
     rounds = 0

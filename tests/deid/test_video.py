@@ -430,6 +430,18 @@ def test_clinical_research_keeps_ranges(synthetic_clip):
     assert result.report["steps"]["keep"]["frames_cut"] == 24 - len(expected)
 
 
+def test_keep_ranges_outside_video_rejected(synthetic_clip):
+    clip = synthetic_clip(frames=6, fps=24, faces=0)
+
+    with pytest.raises(ValidationError, match="keep no frame"):
+        deidentify_bytes(
+            clip.path.read_bytes(),
+            clip.path.name,
+            "clinical-research",
+            keep_ranges=[(100.0, 200.0)],
+        )
+
+
 def test_clinical_research_keeps_regions(synthetic_clip):
     clip = synthetic_clip(frames=4, faces=0, width=320, height=192)
 
