@@ -104,19 +104,32 @@ class _DetectionJobs:
 
     At most ``limit`` frames are in flight. ``submit`` waits for the oldest
     detection beyond that, which bounds the memory of decoded frames and
-    slows the calling thread down to the pool's pace.
+    slows the calling thread down to the pool's pace. With ``concurrency``,
+    at most that many detections run at once, which leaves the other cores
+    to work that is more urgent.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, limit: int) -> None:
+    def __init__(
+        self, pool: ThreadPoolExecutor, limit: int, concurrency: int | None = None
+    ) -> None:
         self._pool = pool
         self._limit = max(1, limit)
+        self._slots = (
+            threading.BoundedSemaphore(max(1, concurrency))
+            if concurrency is not None
+            else None
+        )
         self._pending: collections.deque[tuple[Any, Future[Any]]] = (
             collections.deque()
         )
         self._done: list[tuple[Any, Any]] = []
 
     def submit(self, key: Any, function: Callable[..., Any], *args: Any) -> None:
-        self._pending.append((key, self._pool.submit(function, *args)))
+        if self._slots is not None:
+            future = self._pool.submit(_run_in_slot, self._slots, function, *args)
+        else:
+            future = self._pool.submit(function, *args)
+        self._pending.append((key, future))
         while len(self._pending) > self._limit:
             self._collect_oldest()
 
@@ -135,6 +148,13 @@ class _DetectionJobs:
     def _collect_oldest(self) -> None:
         key, future = self._pending.popleft()
         self._done.append((key, future.result()))
+
+
+def _run_in_slot(
+    slots: threading.BoundedSemaphore, function: Callable[..., Any], *args: Any
+) -> Any:
+    with slots:
+        return function(*args)
 
 
 @functools.cache
@@ -158,9 +178,11 @@ def _text_detector(threshold: float) -> Any:
     return text_module.default_detector(threshold, threads=OCR_THREADS)
 
 
-def _detection_jobs() -> _DetectionJobs:
+def _detection_jobs(concurrency: int | None = None) -> _DetectionJobs:
     return _DetectionJobs(
-        detection_pool(), FRAMES_IN_FLIGHT_PER_WORKER * detection_workers()
+        detection_pool(),
+        FRAMES_IN_FLIGHT_PER_WORKER * detection_workers(),
+        concurrency,
     )
 
 
@@ -415,7 +437,13 @@ def _analyse(
         text_threshold = float(text.get("threshold", 0.5))
         scaled: tuple[int, int, float] | None = None
         last_frame = None
-        jobs = _detection_jobs()
+        # The OCR scans of the sampled frames must finish before masking can
+        # start, and they run in one thread. Face detection leaves it a core,
+        # so that the scans do not trail behind once decoding ends.
+        workers = detection_workers()
+        jobs = _detection_jobs(
+            workers - 1 if sample_text and workers > 1 else None
+        )
         completed = False
 
         def sample_text_of(index: int, frame: av.VideoFrame) -> None:

@@ -172,6 +172,36 @@ def test_detection_jobs_keep_order_and_bound():
     assert max(peak) <= 2
 
 
+def test_detection_jobs_limit_concurrency():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from enclave.deid.video import _DetectionJobs
+
+    lock = threading.Lock()
+    running = [0]
+    peak = [0]
+
+    def work(value):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        threading.Event().wait(0.01)
+        with lock:
+            running[0] -= 1
+        return value
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        jobs = _DetectionJobs(pool, limit=6, concurrency=1)
+        for value in range(12):
+            jobs.submit(value, work, value)
+
+        done = jobs.finish()
+
+    assert [value for value, _ in done] == list(range(12))
+    assert peak[0] == 1
+
+
 def test_detection_jobs_raise_worker_error():
     from concurrent.futures import ThreadPoolExecutor
 
