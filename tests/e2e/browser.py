@@ -48,7 +48,7 @@ def open_signed_in(
     ``ready`` is a JavaScript expression that is true once the wanted page
     has loaded. A browser that still has a hub session skips the provider.
 
-    NOTE: a page that asks before unloading (JupyterLab with unsaved
+    NOTE: a page with a beforeunload prompt (JupyterLab with unsaved
     changes) blocks the navigation until the DevTools call times out, so save
     such a page first.
     """

@@ -7,7 +7,7 @@ it. bob accepts the data use agreement, starts his server and reads frames in
 a JupyterLab notebook. The security administrator grace, who signs in with a
 TOTP code, terminates the project. The enclave stops bob's server within a
 minute, the same notebook's next read fails with an error that names the
-termination, and the ethics page tells bob why his access ended.
+termination, and the ethics page shows bob why his access ended.
 
 The revocation sweep stops the members' servers at termination, which ends
 the notebook's kernel. So bob's next read runs in the same notebook after he
