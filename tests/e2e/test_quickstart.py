@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import decord
@@ -29,17 +25,11 @@ from enclave.audit import AuditLog, load_audit_key
 from enclave.catalog.db import Catalog
 from enclave.catalog.models import Dataset, MediaType
 from enclave.cli import main as cli_main
-from enclave.cli.init import initialize
 from enclave.config import Settings
-from enclave.demo import DEMO_DATASET, DEMO_PROJECT, prepare_demo_data
+from enclave.demo import DEMO_DATASET, DEMO_PROJECT
 from enclave.vault import KeyRing, Vault, open_asset
 from tests.e2e.notebook_runner import ServerKernel, code_cells
-from tests.fixtures.hub import (
-    login,
-    running_test_hub,
-    start_server,
-    unique_user_prefix,
-)
+from tests.fixtures.hub import login, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -48,38 +38,9 @@ QUICKSTART = ROOT / "notebooks" / "01-quickstart.ipynb"
 
 
 @pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[Settings, object]]:
-    base = Path(tempfile.mkdtemp(prefix="enclave-e2e-"))
-    base.chmod(0o711)
-    settings = Settings(
-        home=base / "home",
-        key_dir=base / "keys",
-        run_dir=base / "run",
-        db_url=f"sqlite:///{base / 'home' / 'catalog.sqlite'}",
-        user_prefix=unique_user_prefix(),
-    )
-    saved = dict(os.environ)
-    os.environ.update(
-        ENCLAVE_HOME=str(settings.home),
-        ENCLAVE_KEY_DIR=str(settings.key_dir),
-        ENCLAVE_RUN_DIR=str(settings.run_dir),
-        ENCLAVE_DB_URL=settings.db_url,
-        ENCLAVE_USER_PREFIX=settings.user_prefix,
-    )
-    try:
-        initialize()
-        prepare_demo_data(settings)
-        initialize()  # hands the files written above to the broker's OS user
-        state_dir = tmp_path_factory.mktemp("e2e-hub")
-        services = ["broker", "audit", "ethics"]
-        with running_test_hub(settings, state_dir, services=services) as hub:
-            yield settings, hub
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        shutil.rmtree(base, ignore_errors=True)
+def stack(enclave_stack: tuple[Settings, object]) -> tuple[Settings, object]:
+    """The whole enclave of this module (see ``enclave_stack`` in conftest.py)."""
+    return enclave_stack
 
 
 def _expected_brightness(settings: Settings) -> dict[str, list[float]]:
