@@ -46,7 +46,8 @@ CAUSE_MESSAGES = {
     ),
     "suspended": (
         "Project %(project)s was suspended on %(date)s, so your access is paused "
-        "until a security administrator resumes it. Reason: %(reason)s"
+        "until a security administrator resumes it, and the project's working "
+        "copies were destroyed. Reason: %(reason)s"
     ),
 }
 """Notice texts shown to a member whose access ended, by cause."""
