@@ -159,7 +159,11 @@ def _run_in_slot(
 
 @functools.cache
 def text_pool() -> ThreadPoolExecutor:
-    """Return the process-wide thread that runs OCR beside face detection."""
+    """Return the process-wide thread that runs OCR beside face detection.
+
+    One thread keeps the OCR engine's Python parts, which RapidOCR does not
+    document as thread-safe, to one caller at a time.
+    """
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="deid-text")
 
 
@@ -172,10 +176,15 @@ def _forget_pools() -> None:
 os.register_at_fork(after_in_child=_forget_pools)
 
 
+_TEXT_DETECTOR_LOCK = threading.Lock()
+
+
 def _text_detector(threshold: float) -> Any:
     from enclave.deid import text as text_module
 
-    return text_module.default_detector(threshold, threads=OCR_THREADS)
+    # The lock keeps the OCR thread and this one from loading it twice.
+    with _TEXT_DETECTOR_LOCK:
+        return text_module.default_detector(threshold, threads=OCR_THREADS)
 
 
 def _detection_jobs(concurrency: int | None = None) -> _DetectionJobs:
@@ -438,8 +447,9 @@ def _analyse(
         scaled: tuple[int, int, float] | None = None
         last_frame = None
         # The OCR scans of the sampled frames must finish before masking can
-        # start, and they run in one thread. Face detection leaves it a core,
-        # so that the scans do not trail behind once decoding ends.
+        # start, and each takes as long as dozens of face detections. Face
+        # detection leaves them a core, so that they do not trail behind
+        # once decoding ends.
         workers = detection_workers()
         jobs = _detection_jobs(
             workers - 1 if sample_text and workers > 1 else None
