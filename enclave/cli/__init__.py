@@ -36,7 +36,23 @@ COMMAND_MODULES = [
 OWNERSHIP_COMMANDS = {"ingest", "derive", "project", "levels", "ethics", "reid"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested_modules(argv: list[str] | None) -> list[str]:
+    """Return the modules to import: the named command's, or all of them.
+
+    Importing every sub-command loads SQLAlchemy, pydicom and more, which
+    takes most of a second; a command that is named runs without the others.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    while words and words[0].startswith("--log-level"):
+        words = words[1:] if "=" in words[0] else words[2:]
+    if words:
+        module = f"enclave.cli.{words[0]}"
+        if module in COMMAND_MODULES:
+            return [module]
+    return COMMAND_MODULES
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="enclave",
         description="Secure research enclave for hospital video.",
@@ -45,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in _requested_modules(argv):
         importlib.import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
