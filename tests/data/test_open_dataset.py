@@ -130,7 +130,7 @@ def test_denied_user_cannot_open(broker: RunningBroker, outsider: OsUser) -> Non
     outcome = run_as(outsider, broker.socket_path, code)
 
     assert outcome.error == "PermissionDenied"
-    assert "not a member" in outcome.message
+    assert "no current project" in outcome.message
 
 
 @pytest.mark.parametrize("chunk_frames", [0, -4, 2.5, True])
