@@ -53,6 +53,22 @@ def _approve(catalog: Catalog, audit: AuditLog) -> None:
     _review(catalog, audit, "rev-zhao", "approve")
 
 
+def _submit_member_amendment(
+    catalog: Catalog, audit: AuditLog, member: str, reason: str
+) -> int:
+    """Approve the project and return the id of alice's amendment adding ``member``."""
+    _apply(catalog, audit)
+    _approve(catalog, audit)
+    with catalog.session(immediate=True) as session:
+        return workflow.submit_amendment(
+            session,
+            audit,
+            "gait-study",
+            AmendmentRequest(add_members=(member,), reason=reason),
+            requested_by="alice",
+        ).id
+
+
 def test_apply_submits_the_project(
     ethics_catalog: Catalog, ethics_audit: AuditLog
 ) -> None:
@@ -330,16 +346,9 @@ def test_amendment_by_non_member_refused(
 def test_new_member_cannot_review_own_admission(
     ethics_catalog: Catalog, ethics_audit: AuditLog
 ) -> None:
-    _apply(ethics_catalog, ethics_audit)
-    _approve(ethics_catalog, ethics_audit)
-    with ethics_catalog.session(immediate=True) as session:
-        amendment_id = workflow.submit_amendment(
-            session,
-            ethics_audit,
-            "gait-study",
-            AmendmentRequest(add_members=("rev-sun",), reason="statistician"),
-            requested_by="alice",
-        ).id
+    amendment_id = _submit_member_amendment(
+        ethics_catalog, ethics_audit, "rev-sun", "statistician"
+    )
 
     with pytest.raises(PermissionDenied, match="named in this amendment"):
         with ethics_catalog.session(immediate=True) as session:
@@ -470,16 +479,9 @@ def test_agreement_by_non_member_refused(
 def test_withdrawn_amendment_changes_nothing(
     ethics_catalog: Catalog, ethics_audit: AuditLog
 ) -> None:
-    _apply(ethics_catalog, ethics_audit)
-    _approve(ethics_catalog, ethics_audit)
-    with ethics_catalog.session(immediate=True) as session:
-        amendment_id = workflow.submit_amendment(
-            session,
-            ethics_audit,
-            "gait-study",
-            AmendmentRequest(add_members=("dave",), reason="extra hands"),
-            requested_by="alice",
-        ).id
+    amendment_id = _submit_member_amendment(
+        ethics_catalog, ethics_audit, "dave", "extra hands"
+    )
 
     with pytest.raises(PermissionDenied, match="did not ask for"):
         with ethics_catalog.session(immediate=True) as session:
