@@ -205,7 +205,7 @@ class PayloadScanner:
             if FileKind.BINARY in self.blocked:
                 return Finding("binary", FileKind.BINARY)
             return None
-        return self.scan_text(text)
+        return self._scan_decoded_text(text, 0)
 
     def scan_text(self, text: str, depth: int = 0) -> Finding | None:
         """Return the first blocked format in ``text`` or in the runs it encodes."""
@@ -218,6 +218,22 @@ class PayloadScanner:
         if FileKind.BINARY in self.blocked and _text_is_binary(text):
             where = "in characters that stand for bytes"
             return Finding("binary", FileKind.BINARY, where)
+        return self._scan_encoded_runs(text, depth)
+
+    def _scan_decoded_text(self, text: str, depth: int) -> Finding | None:
+        """Scan ``text`` that :func:`decode_text` returned for bytes already searched.
+
+        Skip the checks of :meth:`scan_text` whose result is known: the
+        signature search repeats the one on the bytes if ``text`` is ASCII,
+        and :func:`decode_text` has ruled out binary characters.
+        """
+        if not text.isascii():
+            found = self._find_embedded(
+                _bytes_of_text(text),
+                "in characters that stand for bytes, at character {offset}",
+            )
+            if found is not None:
+                return found
         return self._scan_encoded_runs(text, depth)
 
     def scan_json(self, value: Any) -> Finding | None:
@@ -269,7 +285,7 @@ class PayloadScanner:
             if text is not None and len(text) >= MIN_RUN_CHARS:
                 # The run encodes text, which may encode a file again.
                 if depth + 1 < MAX_NESTING:
-                    return self.scan_text(text, depth + 1)
+                    return self._scan_decoded_text(text, depth + 1)
                 return None
         if (
             binary_ok
