@@ -48,9 +48,10 @@ class Action(StrEnum):
 
 # The standard chooses within a compound code by the attribute's type in the
 # IOD (Type 3 may be removed, Type 2 must be present, Type 1 needs a value).
-# Without an IOD check, the code that keeps every IOD valid is used: D where
-# the attribute may be Type 1, Z where it is at most Type 2, and U for the
-# reference sequences, whose UIDs must still match the referenced instances.
+# This module does not check the IOD, so it uses the code that keeps every
+# IOD valid. That is D where the attribute may be Type 1 and Z where it is at
+# most Type 2. Reference sequences get U, because their UIDs must still match
+# the referenced instances.
 _COMPOUND = {
     "Z/D": Action.DUMMY,
     "X/D": Action.DUMMY,
