@@ -161,8 +161,10 @@ def test_suspension_destroys_working_copies(
         asset = session.get(Asset, asset_id)
         copy = session.get(WorkingCopy, asset_id)
         assert session.get(DataKey, asset_id) is None
-        assert asset is not None and asset.destroyed_at is not None
-        assert copy is not None and copy.destroyed_by == "heidi"
+        assert asset is not None
+        assert asset.destroyed_at is not None
+        assert copy is not None
+        assert copy.destroyed_by == "heidi"
     destroyed = audit.events(action="asset.destroy")
     assert [event.target for event in destroyed] == [asset_id]
     assert destroyed[0].detail["method"] == "key destruction"
@@ -186,8 +188,10 @@ def test_resume_keeps_copies_destroyed(catalog: Catalog, audit: AuditLog) -> Non
         asset = session.get(Asset, asset_id)
         copy = session.get(WorkingCopy, asset_id)
         assert session.get(DataKey, asset_id) is None
-        assert asset is not None and asset.destroyed_at is not None
-        assert copy is not None and copy.destroyed_at is not None
+        assert asset is not None
+        assert asset.destroyed_at is not None
+        assert copy is not None
+        assert copy.destroyed_at is not None
         project = projects.get_project(session, "gait-study")
         assert project.status is ProjectStatus.APPROVED
         with pytest.raises(ValidationError, match="is destroyed"):
