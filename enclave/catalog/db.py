@@ -167,7 +167,7 @@ def give_wal_files_to_owner(database: str | os.PathLike[str]) -> list[Path]:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            log.warning("cannot open %s to check its owner: %s", side_file, exc)
+            log.warning("failed to open %s to check its owner: %s", side_file, exc)
             continue
         try:
             found = os.fstat(fd)

@@ -40,7 +40,7 @@ def _requested_modules(argv: list[str] | None) -> list[str]:
     """Return the modules to import: the named command's, or all of them.
 
     Importing every sub-command loads SQLAlchemy, pydicom and more, which
-    takes most of a second; a command that is named runs without the others.
+    takes up to a second, so a named command imports only its own module.
     """
     words = list(sys.argv[1:] if argv is None else argv)
     while words and words[0].startswith("--log-level"):

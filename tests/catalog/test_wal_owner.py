@@ -25,8 +25,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 OWNER = "nobody"
 
-# Runs as the owner with the system Python, which the owner can execute. It
-# writes as well as reads, because the broker appends audit events.
+# A script that runs as the owner with the system Python, which the owner can
+# execute. It writes as well as reads, because the broker appends audit events.
 USE_AS_OWNER = """
 import sqlite3, sys
 connection = sqlite3.connect(sys.argv[1], timeout=2)
