@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from jupyterhub.handlers.pages import TokenPageHandler
@@ -299,18 +301,21 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
             return
         await asyncio.to_thread(self._end_login, username)
 
-    def _open_catalog(self) -> tuple[Catalog, AuditLog]:
-        # A fresh engine per call, closed at once by the caller, so that the
-        # hub, which runs as root, keeps no connection to the catalog open.
-        key = self._load_audit_key()
+    @contextmanager
+    def _catalog(self) -> Iterator[Catalog]:
+        # A fresh engine per call, disposed of at the end, so that the hub,
+        # which runs as root, keeps no connection to the catalog open.
         catalog = Catalog(self.catalog_url)
-        return catalog, AuditLog(catalog, key)
+        try:
+            yield catalog
+        finally:
+            catalog.dispose()
 
     def _load_audit_key(self) -> bytes:
         if not self.audit_key_file:
             raise ValueError(
-                "EnclaveOAuthenticator.audit_key_file is not set; set it to the "
-                "enclave's audit key so that logins can be audited"
+                "EnclaveOAuthenticator.audit_key_file is not set. Set it to the "
+                "enclave's audit key so that logins can be audited."
             )
         return load_audit_key(self.audit_key_file)
 
@@ -319,10 +324,11 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
     ) -> list[str]:
         """Record the login and its audit event in one transaction.
 
-        Returns the groups of the user's running projects.
+        Return the groups of the user's running projects.
         """
-        catalog, audit = self._open_catalog()
-        try:
+        key = self._load_audit_key()
+        with self._catalog() as catalog:
+            audit = AuditLog(catalog, key)
             with catalog.session(immediate=True) as session:
                 record_hub_login(
                     session,
@@ -341,8 +347,6 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
                     session=session,
                 )
                 project_groups = project_groups_of(session, username)
-        finally:
-            catalog.dispose()
         self.log.info(
             "recorded the login of %s (amr %s)", username, "+".join(sorted(amr))
         )
@@ -351,29 +355,22 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
     def _append_login_event(
         self, username: str, outcome: str, detail: dict[str, Any]
     ) -> None:
-        catalog, audit = self._open_catalog()
-        try:
-            audit.append(
+        key = self._load_audit_key()
+        with self._catalog() as catalog:
+            AuditLog(catalog, key).append(
                 actor=username,
                 action="hub.login",
                 outcome=outcome,
                 source=AUDIT_SOURCE,
                 detail=detail,
             )
-        finally:
-            catalog.dispose()
 
     def _project_groups(self, username: str) -> list[str]:
-        catalog = Catalog(self.catalog_url)
-        try:
-            with catalog.session() as session:
-                return project_groups_of(session, username)
-        finally:
-            catalog.dispose()
+        with self._catalog() as catalog, catalog.session() as session:
+            return project_groups_of(session, username)
 
     def _end_login(self, username: str) -> None:
-        catalog = Catalog(self.catalog_url)
-        try:
+        with self._catalog() as catalog:
             # The record is expired in its own transaction, so that a failing
             # audit trail cannot keep the login valid.
             with catalog.session(immediate=True) as session:
@@ -393,8 +390,6 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
                     username,
                     exc,
                 )
-        finally:
-            catalog.dispose()
         self.log.info("ended the login record of %s at logout", username)
 
 
