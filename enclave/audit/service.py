@@ -103,7 +103,10 @@ class RateLimiter:
         self._seen: dict[int, collections.deque[tuple[float, int]]] = {}
 
     def admit(self, uid: int, size: int, now: float | None = None) -> str | None:
-        """Record an event of ``size`` bytes from ``uid``; return why it is refused."""
+        """Record an event of ``size`` bytes from ``uid``, or return why it is rejected.
+
+        Returns None when the event is within the limits.
+        """
         now = time.monotonic() if now is None else now
         seen = self._seen.setdefault(uid, collections.deque())
         while seen and seen[0][0] <= now - self.window:
@@ -331,10 +334,12 @@ class EventsHandler(_BaseHandler):
             self.write_json(403, {"message": message})
             return
 
-        refused = self.collector.rate_limiter.admit(peer.uid, len(self.request.body))
-        if refused is not None:
-            logger.warning("rejected an audit event from %s: %s", hub_user, refused)
-            self.write_json(429, {"message": refused})
+        rejection = self.collector.rate_limiter.admit(
+            peer.uid, len(self.request.body)
+        )
+        if rejection is not None:
+            logger.warning("rejected an audit event from %s: %s", hub_user, rejection)
+            self.write_json(429, {"message": rejection})
             return
 
         try:
@@ -478,7 +483,7 @@ class _Collector:
     async def record_rejection(
         self, hub_user: str, peer: PeerCredentials, action: str, reason: str
     ) -> Any:
-        """Append an ``audit.event_rejected`` record for a refused server-only event."""
+        """Append an ``audit.event_rejected`` record of a rejected server-only event."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
