@@ -457,6 +457,29 @@ class _Collector:
             event.get("kernel_id") if action == "cell.execute" else event.get("path")
         )
 
+        return await self._append(hub_user, action, _OUTCOMES[action], target, detail)
+
+    async def record_rejection(
+        self, hub_user: str, peer: PeerCredentials, action: str, reason: str
+    ) -> Any:
+        """Append an ``audit.event_rejected`` record of a rejected server-only event."""
+        detail = {"pid": peer.pid, "uid": peer.uid, "reason": reason}
+        try:
+            return await self._append(
+                hub_user, REJECTED_ACTION, "denied", action, detail
+            )
+        except ValidationError as exc:
+            raise AuditUnavailable(f"invalid {REJECTED_ACTION} record: {exc}") from exc
+
+    async def _append(
+        self,
+        hub_user: str,
+        action: str,
+        outcome: str,
+        target: str | None,
+        detail: dict[str, Any],
+    ) -> Any:
+        """Append one record in the database thread."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
@@ -464,7 +487,7 @@ class _Collector:
                 lambda: self.audit_log.append(
                     actor=hub_user,
                     action=action,
-                    outcome=_OUTCOMES[action],
+                    outcome=outcome,
                     source=EVENT_SOURCE,
                     target=target,
                     detail=detail,
@@ -478,29 +501,6 @@ class _Collector:
             logger.exception(
                 "unexpected error while appending %s for %s", action, hub_user
             )
-            raise AuditUnavailable(f"{type(exc).__name__} while appending") from exc
-
-    async def record_rejection(
-        self, hub_user: str, peer: PeerCredentials, action: str, reason: str
-    ) -> Any:
-        """Append an ``audit.event_rejected`` record of a rejected server-only event."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                self.executor,
-                lambda: self.audit_log.append(
-                    actor=hub_user,
-                    action=REJECTED_ACTION,
-                    outcome="denied",
-                    source=EVENT_SOURCE,
-                    target=action,
-                    detail={"pid": peer.pid, "uid": peer.uid, "reason": reason},
-                ),
-            )
-        except AuditUnavailable:
-            raise
-        except Exception as exc:
-            logger.exception("unexpected error while appending %s", REJECTED_ACTION)
             raise AuditUnavailable(f"{type(exc).__name__} while appending") from exc
 
     async def check_database(self) -> None:
