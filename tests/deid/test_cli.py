@@ -12,6 +12,7 @@ from enclave.catalog.db import Catalog
 from enclave.cli import main
 from enclave.ingest import ingest_file
 from enclave.vault import Vault
+from tests.deid.support import ingest_and_derive
 
 
 @pytest.fixture
@@ -186,26 +187,14 @@ def test_deid_dicom_through_dicom_module(ultrasound_path, tmp_path):
 
 def test_derive_dicom_asset(enclave_ready, vault, audit_log, ultrasound_path):
     from enclave.catalog.models import Asset, MediaType
-    from enclave.deid import derive
 
-    asset = ingest_file(
+    asset, dataset = ingest_and_derive(
         enclave_ready,
         vault,
         audit_log,
         ultrasound_path,
-        category="diagnosis",
-        level=2,
-        actor="steward",
-    )
-
-    dataset = derive(
-        enclave_ready,
-        vault,
-        audit_log,
-        [asset.id],
         profile="baseline",
         dataset_name="echo-set",
-        actor="steward",
     )
 
     with enclave_ready.session() as session:

@@ -35,6 +35,7 @@ from enclave.errors import (
     ValidationError,
 )
 from enclave.policy.logins import ACR_MFA, record_hub_login
+from tests.deid.support import ingest_and_derive
 
 REQUESTER_GROUP = "reid-requesters"
 APPROVER_GROUP = "reid-approvers"
@@ -706,28 +707,15 @@ def _reveal_subject(  # type: ignore[no-untyped-def]
 
 def test_ai_diagnosis_derive_stores_mapping(catalog, vault, audit_log, synthetic_clip):
     from enclave.catalog.models import Asset
-    from enclave.deid import derive
-    from enclave.ingest import ingest_file
 
     clip = synthetic_clip("small.mp4", width=320, height=192, frames=6, faces=1)
-    source = ingest_file(
+    source, dataset = ingest_and_derive(
         catalog,
         vault,
         audit_log,
         clip.path,
-        category="diagnosis",
-        level=2,
-        actor="steward",
-    )
-
-    dataset = derive(
-        catalog,
-        vault,
-        audit_log,
-        [source.id],
         profile="ai-diagnosis",
         dataset_name="ai-set",
-        actor="steward",
     )
 
     with catalog.session() as session:
@@ -743,28 +731,15 @@ def test_ai_diagnosis_derive_stores_mapping(catalog, vault, audit_log, synthetic
 
 def test_new_tech_research_keeps_no_link(catalog, vault, audit_log, synthetic_clip):
     from enclave.catalog.models import Asset
-    from enclave.deid import derive
-    from enclave.ingest import ingest_file
 
     clip = synthetic_clip("small.mp4", width=320, height=192, frames=6, faces=1)
-    source = ingest_file(
+    source, dataset = ingest_and_derive(
         catalog,
         vault,
         audit_log,
         clip.path,
-        category="diagnosis",
-        level=2,
-        actor="steward",
-    )
-
-    dataset = derive(
-        catalog,
-        vault,
-        audit_log,
-        [source.id],
         profile="new-tech-research",
         dataset_name="open-set",
-        actor="steward",
     )
 
     with catalog.session() as session:
@@ -777,27 +752,14 @@ def test_new_tech_research_keeps_no_link(catalog, vault, audit_log, synthetic_cl
 
 def test_ai_diagnosis_dicom_revealable(catalog, vault, audit_log, ultrasound_path):
     from enclave.catalog.models import Asset
-    from enclave.deid import derive
-    from enclave.ingest import ingest_file
 
-    source = ingest_file(
+    source, dataset = ingest_and_derive(
         catalog,
         vault,
         audit_log,
         ultrasound_path,
-        category="diagnosis",
-        level=2,
-        actor="steward",
-    )
-
-    dataset = derive(
-        catalog,
-        vault,
-        audit_log,
-        [source.id],
         profile="ai-diagnosis",
         dataset_name="echo-ai",
-        actor="steward",
     )
 
     entries = sorted((vault.root.parent / "pseudonyms").glob("*.bin"))

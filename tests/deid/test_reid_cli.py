@@ -14,6 +14,7 @@ from enclave.catalog.models import ReidentificationRequest, utcnow
 from enclave.cli import main
 from enclave.deid.pseudonyms import PseudonymStore
 from enclave.policy.logins import ACR_MFA, record_hub_login
+from tests.deid.support import ingest_and_derive
 
 IDENTITY = "asset-7-secret-identity"
 
@@ -292,26 +293,14 @@ def test_cli_reveals_dicom_derivative(  # type: ignore[no-untyped-def]
     staff, vault, audit_log, ultrasound_path, capsys
 ):
     from enclave.catalog.models import Asset
-    from enclave.deid import derive
-    from enclave.ingest import ingest_file
 
-    source = ingest_file(
+    source, dataset = ingest_and_derive(
         staff,
         vault,
         audit_log,
         ultrasound_path,
-        category="diagnosis",
-        level=2,
-        actor="steward",
-    )
-    dataset = derive(
-        staff,
-        vault,
-        audit_log,
-        [source.id],
         profile="ai-diagnosis",
         dataset_name="echo-ai",
-        actor="steward",
     )
     with staff.session() as session:
         derivative = session.get(Asset, dataset.items[0].asset_id)
@@ -335,26 +324,14 @@ def test_cli_reveals_dicom_uid(  # type: ignore[no-untyped-def]
     import pydicom
 
     from enclave.catalog.models import Asset
-    from enclave.deid import derive
-    from enclave.ingest import ingest_file
 
-    source = ingest_file(
+    source, dataset = ingest_and_derive(
         staff,
         vault,
         audit_log,
         ultrasound_path,
-        category="diagnosis",
-        level=2,
-        actor="steward",
-    )
-    dataset = derive(
-        staff,
-        vault,
-        audit_log,
-        [source.id],
         profile="ai-diagnosis",
         dataset_name="echo-ai",
-        actor="steward",
     )
     with staff.session() as session:
         derivative = session.get(Asset, dataset.items[0].asset_id)
