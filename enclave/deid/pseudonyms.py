@@ -175,6 +175,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 PENDING_HOURS_DEFAULT = 7 * 24
 REVEAL_HOURS_DEFAULT = 24
+# Ten years, so ``now + lifetime`` stays far below datetime's year 9999 limit.
+MAX_HOURS = 10 * 365 * 24
 MAX_REASON_CHARS = 2000
 MAX_USERNAME_CHARS = 128
 _REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -210,7 +212,8 @@ class ReidentificationPolicy:
         Raises
         ------
         ConfigurationError
-            If a group name is empty or a number of hours is not positive.
+            If a group name is empty or a number of hours is not positive or
+            exceeds ``MAX_HOURS``.
         """
         env = os.environ if environ is None else environ
         return cls(
@@ -247,10 +250,10 @@ def _hours_setting(env: Mapping[str, str], name: str, default: int) -> dt.timede
         hours = float(raw)
     except ValueError:
         hours = float("nan")
-    if not hours > 0 or hours == float("inf"):
+    if not 0 < hours <= MAX_HOURS:
         raise ConfigurationError(
-            f"{name}={raw!r} is not a positive number of hours; set it to e.g. "
-            f"{default} or unset it"
+            f"{name}={raw!r} is not a number of hours above 0 and at most "
+            f"{MAX_HOURS}; set it to e.g. {default} or unset it"
         )
     return dt.timedelta(hours=hours)
 

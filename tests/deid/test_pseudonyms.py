@@ -680,6 +680,8 @@ def test_policy_from_environ():
         ("ENCLAVE_REID_REVEAL_HOURS", "soon"),
         ("ENCLAVE_REID_PENDING_HOURS", "nan"),
         ("ENCLAVE_REID_PENDING_HOURS", "inf"),
+        ("ENCLAVE_REID_PENDING_HOURS", "1e12"),
+        ("ENCLAVE_REID_REVEAL_HOURS", "87601"),
         ("ENCLAVE_REID_APPROVER_GROUP", " "),
         ("ENCLAVE_REID_REQUESTER_GROUP", "two words"),
     ],
