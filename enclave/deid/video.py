@@ -114,11 +114,9 @@ class _DetectionJobs:
     ) -> None:
         self._pool = pool
         self._limit = max(1, limit)
-        self._slots = (
-            threading.BoundedSemaphore(max(1, concurrency))
-            if concurrency is not None
-            else None
-        )
+        self._slots: threading.BoundedSemaphore | None = None
+        if concurrency is not None:
+            self._slots = threading.BoundedSemaphore(max(1, concurrency))
         self._pending: collections.deque[tuple[Any, Future[Any]]] = (
             collections.deque()
         )
@@ -464,6 +462,9 @@ def _analyse(
                 _scan_text, image, text_threshold
             )
 
+        def detect_faces_of(index: int, frame: av.VideoFrame) -> None:
+            jobs.submit(index, _detect, frame, scaled, analysis.rotation, threshold)
+
         try:
             for index, frame in enumerate(_prefetched(container.decode(stream))):
                 if index == 0:
@@ -479,14 +480,7 @@ def _analyse(
                 if sample_text and index % text_every == 0:
                     sample_text_of(index, frame)
                 if detect_faces and index % faces["detect_every"] == 0:
-                    jobs.submit(
-                        index,
-                        _detect,
-                        frame,
-                        scaled,
-                        analysis.rotation,
-                        threshold,
-                    )
+                    detect_faces_of(index, frame)
                 last_frame = frame
             if last_frame is None:
                 raise ValidationError("the video has no frames; check the file")
@@ -495,14 +489,7 @@ def _analyse(
                 sample_text_of(last, last_frame)
             if detect_faces and last % faces["detect_every"] != 0:
                 # The last frame is always examined so no track ends unseen.
-                jobs.submit(
-                    last,
-                    _detect,
-                    last_frame,
-                    scaled,
-                    analysis.rotation,
-                    threshold,
-                )
+                detect_faces_of(last, last_frame)
             analysis.detections = dict(jobs.finish())
             completed = True
         except av.FFmpegError as exc:
@@ -1091,9 +1078,9 @@ class _ResidualCheck:
                 f"expected the {len(kept_indices)} kept input frames in order"
             )
         last = len(self._sources) - 1
-        if self._check_text and self._last_frame is not None:
-            if last not in self._text_scans:
-                self._scan_text(last, self._last_frame)
+        last_unscanned = last not in self._text_scans
+        if self._check_text and self._last_frame is not None and last_unscanned:
+            self._scan_text(last, self._last_frame)
         self._last_frame = None
 
         candidates: list[tuple[int, int, np.ndarray, float, float]] = []
@@ -1106,17 +1093,16 @@ class _ResidualCheck:
                         (position, source_index, box, float(score), share)
                     )
         face_hits = _confirmed_faces(candidates, self._faces, self.every)
-        text_result = (
-            _residual_text(
+        if self._check_text:
+            text_result = _residual_text(
                 {p: future.result() for p, future in self._text_scans.items()},
                 self._text_threshold,
                 self._analysis,
                 self._sources,
                 self._applied,
             )
-            if self._check_text
-            else {"checked_frames": 0, "hits": 0, "boxes": []}
-        )
+        else:
+            text_result = {"checked_frames": 0, "hits": 0, "boxes": []}
         return {
             "passed": not face_hits and not text_result["hits"],
             "faces": {
