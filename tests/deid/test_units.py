@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -15,7 +18,8 @@ from enclave.deid.faces import (
     padded,
 )
 from enclave.deid.profiles import PROFILE_NAMES, load_profile
-from enclave.errors import ValidationError
+from enclave.deid.video import _DetectionJobs
+from enclave.errors import DeidentificationError, ValidationError
 from tests.fixtures.synthetic import voice_signal
 
 
@@ -147,10 +151,6 @@ def test_dynamic_model_matches_onnx_edit():
 
 
 def test_detection_jobs_keep_order_and_bound():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from enclave.deid.video import _DetectionJobs
-
     running = []
     peak = []
 
@@ -173,11 +173,6 @@ def test_detection_jobs_keep_order_and_bound():
 
 
 def test_detection_jobs_limit_concurrency():
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from enclave.deid.video import _DetectionJobs
-
     lock = threading.Lock()
     running = [0]
     peak = [0]
@@ -203,11 +198,6 @@ def test_detection_jobs_limit_concurrency():
 
 
 def test_detection_jobs_raise_worker_error():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from enclave.deid.video import _DetectionJobs
-    from enclave.errors import DeidentificationError
-
     def fail(_):
         raise DeidentificationError("face detector failed: test")
 
