@@ -57,7 +57,7 @@ def make_clip(folder: Path, seconds: int) -> SyntheticClip:
 
 
 def run_timed(command: list[str], runs: int) -> dict[str, Any]:
-    """Run ``command`` ``runs`` times; return wall and CPU times and load averages.
+    """Run ``command`` ``runs`` times and return its times and load averages.
 
     CPU time is the user plus system time of the command and its children,
     which other jobs on a shared machine change less than the wall time. The
@@ -172,7 +172,10 @@ def main() -> int:
     parser.add_argument(
         "--skip-deface",
         action="store_true",
-        help="time only the enclave command (deface takes minutes on two cores)",
+        help=(
+            "time only the enclave command; deface took 46 s a run on the "
+            "2-core machine of docs/benchmarks.md"
+        ),
     )
     args = parser.parse_args()
 

@@ -156,8 +156,8 @@ def deidentify_dicom(
         # Source files often hold values that break their VR's rules; pydicom
         # warns on reading them, and the warning would quote the value.
         warnings.filterwarnings("ignore", message="Invalid value", module="pydicom")
-        # Implicit VR files leave tags newer than pydicom's data dictionary
-        # without a VR; pydicom reads them as UN and the table applies by tag.
+        # Implicit VR files give no VR for tags newer than pydicom's data
+        # dictionary. pydicom reads them as UN, and the table applies by tag.
         warnings.filterwarnings("ignore", message="VR lookup failed", module="pydicom")
         ds = _read(data)
         pixels = clean_pixel_data(ds, detector=detector)

@@ -304,7 +304,7 @@ def _load_engine(threads: int | None = None):
         # documented API and may change in other versions.
         options = {"det_limit_type": "max", "det_limit_side_len": 100_000}
         if threads is not None:
-            # RapidOCR ignores values above os.cpu_count().
+            # rapidocr_onnxruntime 1.4.4 ignores values above os.cpu_count().
             options["intra_op_num_threads"] = min(threads, os.cpu_count() or 1)
         return RapidOCR(**options)
     except Exception as exc:

@@ -10,7 +10,7 @@ The input is decoded twice and the output once, never written to disk:
    a variable frame rate) and duration equal the input's.
 3. Residual check: each packet the encoder returns is decoded before it is
    muxed, and the decoded frames are searched again with stricter
-   thresholds; any face or text outside a mask fails the run.
+   thresholds. Any face or text outside a mask fails the run.
 
 Face detection runs in a pool of worker threads, one per core, while the
 calling thread decodes, masks and encodes, so the residual check of a frame
@@ -138,7 +138,7 @@ class _DetectionJobs:
         return self._done
 
     def cancel(self) -> None:
-        """Drop the detections not yet started; running ones finish unread."""
+        """Cancel the detections not yet started. Running ones finish unread."""
         for _, future in self._pending:
             future.cancel()
         self._pending.clear()
@@ -247,7 +247,7 @@ def deidentify_video(
                 "or a larger interval"
             )
     # The models load in the worker threads while the calling thread starts
-    # decoding; the first detection waits for them.
+    # decoding, and the first detection waits for them.
     detection_pool().submit(shared_face_detector)
     if "text" in profile.steps:
         text_pool().submit(_text_detector, float(profile.settings["text"]["threshold"]))
@@ -256,7 +256,7 @@ def deidentify_video(
     if not any(_kept(profile, analysis.seconds(pts)) for pts in analysis.pts):
         ranges = profile.step("keep").get("ranges", [])
         raise ValidationError(
-            f"keep ranges {ranges} keep no frame of the video, which runs from "
+            f"keep ranges {ranges} select no frame of the video, which runs from "
             f"{analysis.seconds(analysis.pts[0]):.3f} s for "
             f"{analysis.duration_s():.3f} s; give ranges in seconds inside it"
         )
@@ -562,7 +562,7 @@ def _detect_scored(
     rotation: int,
     threshold: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Detect faces on ``frame`` scaled to ``scaled``; boxes are in stored pixels.
+    """Detect faces on ``frame`` scaled to ``scaled``, with boxes in stored pixels.
 
     Runs in the detection threads. The scaler runs single-threaded because
     every core already runs a detection thread.

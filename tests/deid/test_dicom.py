@@ -628,7 +628,7 @@ def read_reference_table() -> tuple[str, dict[str, str]]:
     edition = re.search(r"PS3\.15 (\d{4}[a-e])", text)
     assert edition is not None, "the reference list names no edition"
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    # The list writes tags as ggggeeee; the table file as (gggg,eeee).
+    # The list writes tags as ggggeeee and the table file as (gggg,eeee).
     rows = {
         f"({row['tag'][:4]},{row['tag'][4:]})": row["action"]
         for row in csv.DictReader(lines)

@@ -433,7 +433,7 @@ def test_clinical_research_keeps_ranges(synthetic_clip):
 def test_keep_ranges_outside_video_rejected(synthetic_clip):
     clip = synthetic_clip(frames=6, fps=24, faces=0)
 
-    with pytest.raises(ValidationError, match="keep no frame"):
+    with pytest.raises(ValidationError, match="select no frame"):
         deidentify_bytes(
             clip.path.read_bytes(),
             clip.path.name,
