@@ -205,7 +205,7 @@ class DataManager:
         """Return the project and dataset ``requester`` may read, or raise.
 
         An unknown dataset and one that no project of the requester is granted
-        get the same PermissionDenied, so that the answer does not reveal
+        get the same PermissionDenied, so that the error does not reveal
         which dataset names exist. The audit record keeps the real reason.
         """
         try:
@@ -360,7 +360,7 @@ def _is_granted_to_member(session: Session, username: str, dataset_name: str) ->
     """Return True if a project that ``username`` belongs to has a grant of the dataset.
 
     The grant may be revoked and the project may have ended. Such a user has
-    seen the dataset through the project, so the detailed refusal is shown.
+    seen the dataset through the project, so the detailed PermissionDenied is raised.
     """
     query = (
         select(Grant.id)

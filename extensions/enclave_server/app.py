@@ -223,7 +223,7 @@ class EnclaveServerApp(ExtensionApp):
         manager = self.serverapp.contents_manager
         manager.download_policy = policy
         manager.audit_client = client
-        # First, so that it sees the body before any compression.
+        # Insert the filter first so that it scans the body before compression.
         self.serverapp.web_app.transforms.insert(
             0, make_response_filter(policy, client, self.serverapp.base_url)
         )

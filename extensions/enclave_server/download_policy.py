@@ -33,10 +33,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
-"""Largest file whose content is scanned and sent; a larger one is blocked."""
+"""Largest file whose content is scanned and sent. A larger one is blocked."""
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024
-"""Largest kernel message scanned and sent to the browser; a larger one is blocked."""
+"""Largest kernel message scanned and sent to the browser. A larger one is blocked."""
 
 
 DEFAULT_BLOCKED_KINDS: tuple[str, ...] = tuple(kind.value for kind in FileKind)
@@ -238,7 +238,7 @@ class DownloadPolicy:
     ) -> BlockedFile | None:
         """Return why a kernel message is not sent to the browser, or None.
 
-        ``parts`` are the decoded header, parent header, metadata and content;
+        ``parts`` are the decoded header, parent header, metadata and content.
         ``size`` is the length of the message as the kernel sent it.
         """
         if size > self.max_message_bytes:

@@ -3,7 +3,7 @@
 ``/view/`` and ``/nbconvert/`` check the path against the download policy.
 ``POST /api/kernels``, ``POST /api/sessions`` and ``PATCH /api/sessions/ID``
 reject a kernel spec outside the allow list with HTTP 403, where upstream
-would answer 500 (kernels) or 501 (sessions). ``/lab/extensions/`` serves
+would respond with 500 (kernels) or 501 (sessions). ``/lab/extensions/`` serves
 JupyterLab extensions only from folders the user cannot write. Handlers that
 an extension adds are matched before the server's own, so these replace the
 upstream handlers of the same patterns.

@@ -6,7 +6,7 @@ scanner looks for:
 - the magic bytes of a blocked format at the start, and the specific
   patterns of :data:`~enclave_server.formats.EMBEDDED_SIGNATURES` anywhere;
 - bytes that are neither text nor a recognised format (the ``binary`` kind),
-  such as raw pixels, in a file or in text whose characters stand for bytes
+  such as raw pixels, in a file or in text whose characters represent bytes
   (``bytes.decode("latin-1")``);
 - runs of base64 (standard or URL-safe, also wrapped over lines), hex (plain,
   ``0x``-prefixed or separated by spaces, colons or commas), Python bytes
@@ -106,10 +106,12 @@ class Finding:
     def describe(self) -> str:
         """Return the finding in words, such as ``PNG (image) encoded as base64``."""
         if self.kind is FileKind.BINARY:
-            what = "binary data of no allowed format"
+            description = "binary data of no allowed format"
         else:
-            what = f"{self.format} ({self.kind.value})"
-        return f"{what} {self.encoding}" if self.encoding else what
+            description = f"{self.format} ({self.kind.value})"
+        if self.encoding:
+            return f"{description} {self.encoding}"
+        return description
 
 
 def flatten_json(value: Any) -> Iterator[str]:
@@ -134,7 +136,7 @@ def flatten_json(value: Any) -> Iterator[str]:
 
 
 def _bytes_of_text(text: str) -> bytes:
-    """Return the bytes that ``text`` stands for if each character is one byte."""
+    """Return the bytes that ``text`` represents if each character is one byte."""
     return text.translate(_SURROGATE_TO_BYTE).encode("latin-1", errors="ignore")
 
 
@@ -211,12 +213,12 @@ class PayloadScanner:
         """Return the first blocked format in ``text`` or in the runs it encodes."""
         as_bytes = _bytes_of_text(text)
         found = self._find_embedded(
-            as_bytes, "in characters that stand for bytes, at character {offset}"
+            as_bytes, "in characters that represent bytes, at character {offset}"
         )
         if found is not None:
             return found
         if FileKind.BINARY in self.blocked and _text_is_binary(text):
-            where = "in characters that stand for bytes"
+            where = "in characters that represent bytes"
             return Finding("binary", FileKind.BINARY, where)
         return self._scan_encoded_runs(text, depth)
 
@@ -230,7 +232,7 @@ class PayloadScanner:
         if not text.isascii():
             found = self._find_embedded(
                 _bytes_of_text(text),
-                "in characters that stand for bytes, at character {offset}",
+                "in characters that represent bytes, at character {offset}",
             )
             if found is not None:
                 return found

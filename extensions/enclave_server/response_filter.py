@@ -54,7 +54,7 @@ class _ResponseFilter(OutputTransform):
         if finishing:
             blocked = self.policy.check_content(self.path, chunk)
         else:
-            # These routes send their body in one piece; a streamed body
+            # These routes send their body in one piece. A streamed body
             # cannot be scanned whole before its first part leaves.
             blocked = BlockedFile(self.path, "it was sent in parts, not scanned whole")
         if blocked is None:

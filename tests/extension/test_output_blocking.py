@@ -90,7 +90,7 @@ KERNEL_ATTACKS = {
     # name: (cell code, words of the reason)
     "stream raw bytes": (
         "print('x' + open({video!r}, 'rb').read(100_000).decode('latin-1'))",
-        "MP4/MOV (ISO base media) (video) in characters that stand for bytes",
+        "MP4/MOV (ISO base media) (video) in characters that represent bytes",
     ),
     "stream base64": (
         "import base64\n"
