@@ -28,6 +28,7 @@ from enclave import samples
 from enclave.audit import AuditLog, create_audit_key, load_audit_key
 from enclave.catalog.db import Catalog
 from enclave.config import Settings
+from tests.extension.kernel_client import KernelClient
 from tests.extension.support import (
     REPO_ROOT,
     Collector,
@@ -232,6 +233,24 @@ def enclave_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enclave
             _stop(process)
             collector.stop()
             catalog.dispose()
+
+
+@pytest.fixture(scope="module")
+def kernel_id(enclave_server: EnclaveServer) -> str:
+    """ID of one kernel shared by the tests of a module."""
+    return enclave_server.start_kernel()
+
+
+@pytest.fixture(params=["v1", "legacy"])
+def client(
+    request: pytest.FixtureRequest, enclave_server: EnclaveServer, kernel_id: str
+) -> Iterator[KernelClient]:
+    """Client of the module's kernel, once per websocket protocol."""
+    client = KernelClient(
+        enclave_server.base_url, enclave_server.token, kernel_id, request.param
+    )
+    yield client
+    client.close()
 
 
 def _stop(process: subprocess.Popen) -> None:

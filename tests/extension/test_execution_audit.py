@@ -6,7 +6,6 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -14,24 +13,6 @@ from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_
 
 from tests.extension.conftest import EnclaveServer
 from tests.extension.kernel_client import KernelClient
-
-PROTOCOLS = ["v1", "legacy"]
-
-
-@pytest.fixture(scope="module")
-def kernel_id(enclave_server: EnclaveServer) -> str:
-    return enclave_server.start_kernel()
-
-
-@pytest.fixture(params=PROTOCOLS)
-def client(
-    request: pytest.FixtureRequest, enclave_server: EnclaveServer, kernel_id: str
-) -> Iterator[KernelClient]:
-    client = KernelClient(
-        enclave_server.base_url, enclave_server.token, kernel_id, request.param
-    )
-    yield client
-    client.close()
 
 
 def executed_events(server: EnclaveServer, marker: str) -> list:

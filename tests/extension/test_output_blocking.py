@@ -12,7 +12,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,22 +45,6 @@ def payloads(enclave_server: EnclaveServer) -> dict[str, Path]:
         (root / name).write_bytes(data)
         os.chown(root / name, enclave_server.user.uid, enclave_server.user.gid)
     return {name: root / name for name in files}
-
-
-@pytest.fixture(scope="module")
-def kernel_id(enclave_server: EnclaveServer) -> str:
-    return enclave_server.start_kernel()
-
-
-@pytest.fixture(params=["v1", "legacy"])
-def client(
-    request: pytest.FixtureRequest, enclave_server: EnclaveServer, kernel_id: str
-) -> Iterator[KernelClient]:
-    client = KernelClient(
-        enclave_server.base_url, enclave_server.token, kernel_id, request.param
-    )
-    yield client
-    client.close()
 
 
 def kernel_blocks(server: EnclaveServer, kernel_id: str) -> list:
