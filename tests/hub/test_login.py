@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -163,6 +165,18 @@ def _catalog(hub: Running) -> Catalog:
     return Catalog(hub.settings.db_url)
 
 
+@contextmanager
+def _table_renamed(catalog: Catalog, table: str) -> Iterator[None]:
+    """Rename ``table`` away for the block, so that every write to it fails."""
+    with catalog.engine.begin() as connection:
+        connection.execute(text(f"ALTER TABLE {table} RENAME TO {table}_moved"))
+    try:
+        yield
+    finally:
+        with catalog.engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE {table}_moved RENAME TO {table}"))
+
+
 def _user_groups(hub: Running, session: requests.Session) -> list[str]:
     response = session.get(
         f"{hub.hub_url}/hub/api/user", headers=xsrf_headers(session), timeout=30
@@ -222,14 +236,9 @@ def test_unauditable_login_rejected(hub: Running) -> None:
     with catalog.session() as session:
         before = session.get(HubLogin, "frank")
         logged_in_before = before.logged_in_at if before else None
-    with catalog.engine.begin() as connection:
-        connection.execute(text("ALTER TABLE audit_events RENAME TO audit_moved"))
-    try:
+    with _table_renamed(catalog, "audit_events"):
         with pytest.raises(LoginFailed) as failed:
             login(hub, "frank")
-    finally:
-        with catalog.engine.begin() as connection:
-            connection.execute(text("ALTER TABLE audit_moved RENAME TO audit_events"))
 
     assert failed.value.response.status_code == 503
     assert "could not record your login" in failed.value.response.text
@@ -269,17 +278,10 @@ def test_logout_ends_second_factor_login(hub: Running) -> None:
 def test_logout_without_catalog_fails_loudly(hub: Running) -> None:
     catalog = _catalog(hub)
     session = login(hub, "erin")
-    with catalog.engine.begin() as connection:
-        connection.execute(text("ALTER TABLE hub_logins RENAME TO hub_logins_moved"))
-    try:
+    with _table_renamed(catalog, "hub_logins"):
         response = session.get(
             f"{hub.hub_url}/hub/logout", allow_redirects=False, timeout=30
         )
-    finally:
-        with catalog.engine.begin() as connection:
-            connection.execute(
-                text("ALTER TABLE hub_logins_moved RENAME TO hub_logins")
-            )
     catalog.dispose()
 
     assert response.status_code == 503
