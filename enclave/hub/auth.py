@@ -394,7 +394,7 @@ class EnclaveOAuthenticator(GenericOAuthenticator):
 
 
 def _with_project_groups(groups: list[str], project_groups: list[str]) -> list[str]:
-    """Return ``groups`` with its ``project-*`` groups replaced by ``project_groups``."""
+    """Return ``groups`` with its ``project-*`` groups replaced by the given ones."""
     provider_groups = {
         group for group in groups if not group.startswith(PROJECT_GROUP_PREFIX)
     }
