@@ -755,7 +755,7 @@ class Reidentification:
 
     def _record(
         self,
-        session: Session,
+        session: Session | None,
         step: str,
         actor: str,
         target: str | None,
@@ -783,22 +783,13 @@ class Reidentification:
             request.id,
             type(error).__name__,
         )
-        detail: dict[str, Any] = {
+        detail = {
             "pseudonym": request.pseudonym,
             "requester": request.requester,
             "reason": f"decryption failed: {type(error).__name__}",
         }
-        if self.operator is not None:
-            detail["os_user"] = self.operator
-        # Written on its own, because the reveal step has committed already.
-        self.audit.append(
-            actor=actor,
-            action="reidentification.reveal",
-            outcome="failure",
-            source=self.source,
-            target=request.id,
-            detail=detail,
-        )
+        # Written without a session, because the reveal step has committed already.
+        self._record(None, "reveal", actor, request.id, detail, outcome="failure")
 
 
 def _same_person(first: str, second: str) -> bool:
