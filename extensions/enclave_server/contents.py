@@ -1,8 +1,9 @@
 """Contents manager and files handler that do not send blocked files.
 
-``/files/PATH`` and the checking ``/view/`` and ``/nbconvert/`` handlers go
-through :meth:`EnclaveContentsManager.check_download`, which scans the
-whole file. The contents API (``GET /api/contents/PATH`` with content) and
+The checking ``/view/`` and ``/nbconvert/`` handlers go through
+:meth:`EnclaveContentsManager.check_download`, which scans the whole file.
+``/files/PATH`` reads the file once and sends the bytes it scanned. The
+contents API (``GET /api/contents/PATH`` with content) and
 everything inside the server that reads a file through the contents manager
 (nbconvert, copy) go through :meth:`EnclaveContentsManager.get`, which scans
 the model it returns, so the bytes checked are the bytes sent.
@@ -103,7 +104,7 @@ class EnclaveContentsManager(AsyncLargeFileManager):
         format: str | None = None,  # noqa: A002
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Return the model of ``path``, refusing the content of a blocked file.
+        """Return the model of ``path``, rejecting the content of a blocked file.
 
         The outputs of a notebook that contain a blocked format are replaced
         by a note, and such attachments are deleted, so that the rest of the
@@ -117,9 +118,10 @@ class EnclaveContentsManager(AsyncLargeFileManager):
         os_path = self._get_os_path(path)
         if os.path.isfile(os_path):
             # Checked before reading, so that a video is not read at all.
-            blocked = self.download_policy.check_name(
-                path
-            ) or self.download_policy.check_size(path, os.path.getsize(os_path))
+            policy = self.download_policy
+            blocked = policy.check_name(path)
+            if blocked is None:
+                blocked = policy.check_size(path, os.path.getsize(os_path))
             if blocked is not None:
                 await self.reject(blocked, "contents")
 
@@ -151,7 +153,7 @@ class EnclaveContentsManager(AsyncLargeFileManager):
             await self.reject(blocked, route)
 
     async def reject(self, blocked: BlockedFile, route: str) -> None:
-        """Audit the refusal of ``blocked`` and raise HTTP 403."""
+        """Audit the rejection of ``blocked`` and raise HTTP 403."""
         self.log.warning(
             "Blocked download of %r on the %s route: %s",
             blocked.path,
