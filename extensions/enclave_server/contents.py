@@ -170,8 +170,11 @@ class BlockingFileHandler(AuthenticatedFileHandler):
     @web.authenticated
     @authorized
     async def head(self, path: str) -> None:  # type: ignore[override]
-        """Return the headers of a file that may be downloaded."""
-        await self._check(path)
+        """Return the headers of a file that may be downloaded.
+
+        The upstream ``head`` calls :meth:`get` without the body, which checks
+        the file.
+        """
         await super().head(path)
 
     @web.authenticated
@@ -236,6 +239,3 @@ class BlockingFileHandler(AuthenticatedFileHandler):
                 "enclave_server.contents.EnclaveContentsManager",
             )
         return manager
-
-    async def _check(self, path: str) -> None:
-        await self._manager().check_download(path, route="files")
