@@ -164,6 +164,12 @@ class EnclaveContentsManager(AsyncLargeFileManager):
         raise forbidden(blocked.message)
 
 
+def _read_start(os_path: str, size: int) -> bytes:
+    """Return up to ``size`` bytes from the start of the file at ``os_path``."""
+    with open(os_path, "rb") as file:
+        return file.read(size)
+
+
 class BlockingFileHandler(AuthenticatedFileHandler):
     """``/files/PATH`` handler that checks the path before serving it."""
 
@@ -198,15 +204,16 @@ class BlockingFileHandler(AuthenticatedFileHandler):
         )
         if absolute is None:
             return
+        # The whole file is read once and scanned, and those bytes are sent,
+        # so a cell that rewrites the file meanwhile changes nothing.
+        loop = asyncio.get_running_loop()
         try:
-            file = open(absolute, "rb")  # noqa: SIM115 - closed below
+            data = await loop.run_in_executor(
+                None, _read_start, absolute, policy.max_file_bytes + 1
+            )
         except OSError as exc:
             raise web.HTTPError(404) from exc
-        with file:
-            # The whole file is read once and scanned, and those bytes are
-            # sent, so a cell that rewrites the file meanwhile changes nothing.
-            data = file.read(policy.max_file_bytes + 1)
-        blocked = await asyncio.get_running_loop().run_in_executor(
+        blocked = await loop.run_in_executor(
             None, policy.check_content, path.strip("/"), data
         )
         if blocked is not None:
