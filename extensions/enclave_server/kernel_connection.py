@@ -22,6 +22,7 @@ why, and the block is audited once per request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import typing as t
 from dataclasses import dataclass
@@ -300,7 +301,7 @@ class AuditedKernelWebsocketConnection(ZMQChannelsWebsocketConnection):
         """Return the header, parent header and block of one kernel message."""
         policy = self.websocket_handler.settings.get(DOWNLOAD_POLICY_SETTING)
         if not isinstance(policy, DownloadPolicy):
-            policy = DownloadPolicy()
+            policy = _default_policy()
         if isinstance(msg_list, dict):  # the legacy protocol deserialized it
             parts = [
                 msg_list.get(name)
@@ -390,6 +391,12 @@ class AuditedKernelWebsocketConnection(ZMQChannelsWebsocketConnection):
                 "Client of kernel %s left before its error reply was sent",
                 self.kernel_id,
             )
+
+
+@functools.cache
+def _default_policy() -> DownloadPolicy:
+    """Return the default policy, built once because it compiles the scanner."""
+    return DownloadPolicy()
 
 
 def _clean_header(header: dict[str, t.Any]) -> dict[str, str]:
