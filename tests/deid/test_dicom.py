@@ -885,10 +885,14 @@ def build_nested_file(
 @pytest.fixture(scope="module")
 def nested_study():
     """Two SR files of one study that share an annotation UID and a reference."""
-    study_uid, annotation_uid, referenced = generate_uid(), generate_uid(), generate_uid()
+    study_uid = generate_uid()
+    annotation_uid = generate_uid()
+    referenced = generate_uid()
     inputs = [
         build_nested_file(
-            study_uid=study_uid, annotation_uid=annotation_uid, referenced_sop=referenced
+            study_uid=study_uid,
+            annotation_uid=annotation_uid,
+            referenced_sop=referenced,
         )
         for _ in range(2)
     ]
