@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -197,6 +198,12 @@ def _read_id_maps(pid: int | str) -> tuple[str, str]:
     return maps[0], maps[1]
 
 
+@functools.cache
+def _own_id_maps() -> tuple[str, str]:
+    # The collector never changes its user namespace, so its maps are read once.
+    return _read_id_maps("self")
+
+
 def _has_exited(pidfd: int) -> bool:
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
@@ -227,7 +234,7 @@ def outside_own_user_namespace(sock: socket.socket, pid: int) -> str | None:
             return f"the user namespace of pid {pid} cannot be read ({exc.strerror})"
         if pidfd is not None and _has_exited(pidfd):
             return f"pid {pid} exited before its user namespace was checked"
-        if peer_maps != _read_id_maps("self"):
+        if peer_maps != _own_id_maps():
             return (
                 f"pid {pid} runs in another user namespace (uid map {peer_maps[0]!r})"
             )
