@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import getpass
 import json
 from typing import Any
@@ -120,7 +121,8 @@ def _workflow(*, with_keys: bool = False) -> Any:
     settings = load_settings()
     policy = ReidentificationPolicy.from_environ()
     audit = AuditLog.from_settings(settings)
-    # Only a reveal decrypts, so only a reveal reads the master key.
+    # Of the workflow steps only a reveal decrypts, so only a reveal loads the
+    # master key.
     keyring = (
         KeyRing.load(settings.master_key_path, vault_dir=settings.vault_dir)
         if with_keys
@@ -252,14 +254,15 @@ def _list(args: argparse.Namespace) -> int:
         f"{'ID':<32}  {'STATUS':<9}  {'PSEUDONYM':<32}  {'REQUESTER':<14}  "
         f"{'APPROVER':<14}  EXPIRES"
     )
-    for s, request in zip(summaries, requests, strict=True):
+    for summary, request in zip(summaries, requests, strict=True):
         print(
-            f"{s['id']:<32}  {s['status']:<9}  {s['pseudonym']:<32}  "
-            f"{s['requester']:<14}  {s['approver'] or '-':<14}  "
+            f"{summary['id']:<32}  {summary['status']:<9}  "
+            f"{summary['pseudonym']:<32}  {summary['requester']:<14}  "
+            f"{summary['approver'] or '-':<14}  "
             f"{_time(request.expires_at)}"
         )
     return 0
 
 
-def _time(moment: Any) -> str:
+def _time(moment: dt.datetime) -> str:
     return f"{moment:%Y-%m-%d %H:%M} UTC"

@@ -6,7 +6,7 @@ are random 32-byte keys wrapped by the vault's master key. Each mapping entry
 is sealed with AES-256-GCM, with its pseudonym bound as associated data.
 
 Reading an entry back is a workflow of separate steps stored in the catalog
-(:class:`Reidentification`): a holder of the re-identification role requests
+(:class:`Reidentification`): a person with the requester role requests
 it with a reason, a different person with the approver role approves or
 denies it, and the requester reveals the entry once, before the approval
 expires. Roles are groups of the person's current hub login, which must have
@@ -341,8 +341,8 @@ class Reidentification:
         Raises
         ------
         PermissionDenied
-            If ``requester`` does not hold the re-identification role at a
-            current hub login with a second factor.
+            If ``requester`` does not have the requester role at a current
+            hub login with a second factor.
         ValidationError
             If the pseudonym is malformed or the reason is empty or too long.
         NotFound
@@ -445,7 +445,7 @@ class Reidentification:
         Raises
         ------
         PermissionDenied
-            If ``approver`` made the request, does not hold the approver role,
+            If ``approver`` made the request, does not have the approver role,
             or the request is not pending or has expired.
         NotFound, ValidationError
             If the request id is unknown or malformed.
@@ -496,7 +496,7 @@ class Reidentification:
         return self._step("deny", approver, request_id, decide)
 
     def withdraw(self, request_id: str, *, requester: str) -> ReidentificationRequest:
-        """Withdraw a pending or approved request; only its requester may.
+        """Withdraw a pending or approved request. Only its requester may do so.
 
         Raises
         ------
@@ -694,7 +694,7 @@ class Reidentification:
         groups = login.groups if isinstance(login.groups, list) else []
         if group not in groups:
             raise _denied(
-                f"{username!r} does not hold {role_text} at the current hub login; "
+                f"{username!r} does not have {role_text} at the current hub login; "
                 "the institution's identity administrators add designated staff "
                 "to that group, after which the person logs in to the hub again",
                 f"not in group {group}",

@@ -261,8 +261,8 @@ def test_requester_cannot_reveal_unapproved_own(workflow, pseudonym):
 @pytest.mark.parametrize(
     ("username", "setup", "message", "audited_reason"),
     [
-        ("mallory", None, "does not hold", "not in group reid-requesters"),
-        ("officer-kim", None, "does not hold", "not in group reid-requesters"),
+        ("mallory", None, "does not have", "not in group reid-requesters"),
+        ("officer-kim", None, "does not have", "not in group reid-requesters"),
         ("nobody", None, "no hub login", "no hub login on record"),
         ("dr-pwd", "password-only", "second factor", "hub login without a second"),
         ("dr-old", "expired", "expired at", "hub login expired"),
@@ -384,7 +384,7 @@ def test_reveal_needs_current_role(workflow, pseudonym, clock):
     # The institution removed dr-lee from the group; the next login shows it.
     login(workflow.catalog, "dr-lee", ["researchers"], at=clock.now)
 
-    with pytest.raises(PermissionDenied, match="does not hold"):
+    with pytest.raises(PermissionDenied, match="does not have"):
         workflow.reveal(request_id, requester="dr-lee")
 
     assert stored(workflow.catalog, request_id).status == "approved"

@@ -122,7 +122,7 @@ def test_cli_non_holder_cannot_request(  # type: ignore[no-untyped-def]
     )
 
     assert status == 1
-    assert "'mallory' does not hold the re-identification requester role" in err
+    assert "'mallory' does not have the re-identification requester role" in err
     assert "group 'reid-requesters'" in err
 
 
@@ -135,7 +135,7 @@ def test_cli_approver_without_role(  # type: ignore[no-untyped-def]
     status, _, err = run(capsys, "approve", rid, "--as", "mallory")
 
     assert status == 1
-    assert "'mallory' does not hold the re-identification approver role" in err
+    assert "'mallory' does not have the re-identification approver role" in err
 
 
 def test_cli_reveal_refusals(staff, pseudonym, capsys):  # type: ignore[no-untyped-def]
@@ -260,7 +260,7 @@ def test_cli_groups_from_environment(  # type: ignore[no-untyped-def]
     monkeypatch.setenv("ENCLAVE_REID_REVEAL_HOURS", "later")
     status, _, err = run(capsys, "list")
     assert status == 1
-    assert "ENCLAVE_REID_REVEAL_HOURS='later' is not a positive number" in err
+    assert "ENCLAVE_REID_REVEAL_HOURS='later' is not a number of hours above 0" in err
 
 
 def test_cli_on_each_database(  # type: ignore[no-untyped-def]
