@@ -268,7 +268,7 @@ def test_requester_cannot_reveal_unapproved_own(workflow, pseudonym):
         ("dr-old", "expired", "expired at", "hub login expired"),
     ],
 )
-def test_non_holder_cannot_request(  # type: ignore[no-untyped-def]
+def test_non_member_cannot_request(  # type: ignore[no-untyped-def]
     workflow, any_audit_log, pseudonym, clock, username, setup, message, audited_reason
 ):
     if setup == "password-only":
@@ -313,7 +313,7 @@ def test_approval_by_non_approver(  # type: ignore[no-untyped-def]
     assert event.target == request.id
 
 
-def test_approver_without_mfa_refused(workflow, pseudonym, clock):
+def test_approver_without_mfa_rejected(workflow, pseudonym, clock):
     login(workflow.catalog, "officer-pwd", [APPROVER_GROUP], mfa=False, at=clock.now)
     request = workflow.request(pseudonym, requester="dr-lee", reason="finding")
 
@@ -367,7 +367,7 @@ def test_reveal_after_expiry(workflow, any_audit_log, pseudonym, clock):
     approval = stored(workflow.catalog, request_id)
     assert approval.expires_at == clock.now + dt.timedelta(hours=24)
     clock.advance(hours=24, seconds=1)
-    # The requester's login would have expired as well; log in again.
+    # The requester's login would have expired as well, so log in again.
     login(workflow.catalog, "dr-lee", [REQUESTER_GROUP], at=clock.now)
 
     with pytest.raises(PermissionDenied, match="expired"):
@@ -381,7 +381,7 @@ def test_reveal_after_expiry(workflow, any_audit_log, pseudonym, clock):
 
 def test_reveal_needs_current_role(workflow, pseudonym, clock):
     request_id = approved(workflow, pseudonym)
-    # The institution removed dr-lee from the group; the next login shows it.
+    # The institution removed dr-lee from the group, and the next login shows it.
     login(workflow.catalog, "dr-lee", ["researchers"], at=clock.now)
 
     with pytest.raises(PermissionDenied, match="does not have"):
@@ -540,7 +540,7 @@ def test_audit_unavailable_reveals_nothing(  # type: ignore[no-untyped-def]
     assert opened == [pseudonym]
 
 
-def test_refusal_not_raised_without_audit(  # type: ignore[no-untyped-def]
+def test_unaudited_rejection_raises_unavailable(  # type: ignore[no-untyped-def]
     workflow, any_catalog, store, keyring, clock, pseudonym
 ):
     request = workflow.request(pseudonym, requester="dr-lee", reason="finding")
@@ -616,9 +616,9 @@ def test_concurrent_approvals_change_once(workflow, any_audit_log, pseudonym):
     row = stored(workflow.catalog, request.id)
     assert row.version == 2
     decisions = [
-        e
-        for e in events(any_audit_log)
-        if e.outcome == "success" and e.action != "reidentification.request"
+        event
+        for event in events(any_audit_log)
+        if event.outcome == "success" and event.action != "reidentification.request"
     ]
     assert len(decisions) == 1
     assert decisions[0].actor == row.approver

@@ -114,7 +114,7 @@ def test_cli_requester_cannot_approve_own(  # type: ignore[no-untyped-def]
     assert list(audit_log.events())[-1].outcome == "denied"
 
 
-def test_cli_non_holder_cannot_request(  # type: ignore[no-untyped-def]
+def test_cli_non_member_cannot_request(  # type: ignore[no-untyped-def]
     staff, pseudonym, capsys
 ):
     status, _, err = run(
@@ -138,7 +138,9 @@ def test_cli_approver_without_role(  # type: ignore[no-untyped-def]
     assert "'mallory' does not have the re-identification approver role" in err
 
 
-def test_cli_reveal_refusals(staff, pseudonym, capsys):  # type: ignore[no-untyped-def]
+def test_cli_reveal_rejections(  # type: ignore[no-untyped-def]
+    staff, pseudonym, capsys
+):
     _, out, _ = run(capsys, "request", pseudonym, "--reason", "x", "--as", "dr-lee")
     rid = request_id(out)
 
