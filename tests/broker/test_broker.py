@@ -178,13 +178,15 @@ def test_dataset_names_cannot_be_probed(
         "@@SOCKET@@", str(broker.socket_path)
     )
 
-    answers = run_as(outsider, broker.socket_path, code).result
+    responses = run_as(outsider, broker.socket_path, code).result
 
     for kind in ("describe", "frames"):
-        existing = answers[f"{DATASET} {kind}"]
-        unknown = answers[f"no-such-dataset {kind}"]
-        assert existing[0] == unknown[0] == 403
-        assert existing[1] == unknown[1] == "permission_denied"
+        existing = responses[f"{DATASET} {kind}"]
+        unknown = responses[f"no-such-dataset {kind}"]
+        assert existing[0] == 403
+        assert unknown[0] == 403
+        assert existing[1] == "permission_denied"
+        assert unknown[1] == "permission_denied"
         assert existing[2].replace(DATASET, "NAME") == unknown[2].replace(
             "no-such-dataset", "NAME"
         )
