@@ -397,7 +397,7 @@ class ReidentificationStatus(str, enum.Enum):
     PENDING = "pending"  # waiting for a second person's decision
     APPROVED = "approved"  # the requester may reveal the entry once
     DENIED = "denied"
-    REVEALED = "revealed"  # the entry was shown; the request is used up
+    REVEALED = "revealed"  # the entry was shown, so the request is used up
     EXPIRED = "expired"  # not decided, or not revealed, in time
     WITHDRAWN = "withdrawn"  # withdrawn by the requester
 
@@ -426,7 +426,7 @@ class ReidentificationRequest(Base):
     decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     revealed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
-    """Row version for optimistic locking: concurrent decisions change state once."""
+    """Row version for optimistic locking, so concurrent decisions change it once."""
 
     __mapper_args__ = {"version_id_col": version}
 
