@@ -45,7 +45,7 @@ def open_signed_in(
 ) -> None:
     """Open ``url`` and sign in on the provider's pages if the hub sends us there.
 
-    ``ready`` is a JavaScript expression that is true once the wanted page
+    ``ready`` is a JavaScript expression that is true once the expected page
     has loaded. A browser that still has a hub session skips the provider.
 
     NOTE: a page with a beforeunload prompt (JupyterLab with unsaved
@@ -116,7 +116,7 @@ def press_save(page: Page) -> None:
 
 
 def page_cookie(page: Page, name: str) -> str:
-    """Return the value of cookie ``name`` as the page's scripts see it."""
+    """Return the value of cookie ``name`` as the page's scripts read it."""
     cookies = str(page.evaluate("document.cookie"))
     for pair in cookies.split("; "):
         key, _, value = pair.partition("=")
@@ -134,7 +134,7 @@ def fetch(
     json_body: Any = None,
     xsrf_from_cookie: bool = False,
 ) -> dict[str, Any]:
-    """Send a request from the page with its cookies; return status and text.
+    """Send a request with the page's cookies and return its status, URL and text.
 
     ``form`` is sent URL-encoded and ``json_body`` as JSON. With
     ``xsrf_from_cookie`` the page's ``_xsrf`` cookie goes into the
@@ -169,7 +169,10 @@ def fetch(
 def wait_until(
     condition: Callable[[], Any], message: str, timeout: float, interval: float = 1.0
 ) -> Any:
-    """Call ``condition`` until it returns a truthy value; raise after ``timeout`` s."""
+    """Poll ``condition`` until it is truthy and return that value.
+
+    Raise AssertionError with ``message`` after ``timeout`` seconds.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

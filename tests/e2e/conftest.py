@@ -23,7 +23,7 @@ def enclave_stack(
 ) -> Iterator[tuple[Settings, Running]]:
     """Start the provider, proxy, hub, broker, audit and ethics services.
 
-    The catalog holds the demo dataset and the approved demo project. Each
+    The catalog contains the demo dataset and the approved demo project. Each
     test module gets its own stack, so one module's terminations do not
     reach another's tests.
     """

@@ -11,7 +11,7 @@ termination, and the ethics page shows bob why his access ended.
 
 The revocation sweep stops the members' servers at termination, which ends
 the notebook's kernel. So bob's next read runs in the same notebook after he
-starts his server again, and it is refused by the broker.
+starts his server again, and the broker rejects it.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def _kernel_connected(page: Page, username: str) -> bool:
 def _run_first_cell(page: Page, username: str, expected: str) -> str:
     """Run the first cell by keyboard and return its output once it has ``expected``."""
     # The status bar reads "Idle" before the kernel has even started, and a
-    # shortcut pressed then is lost, so wait for the server's word as well.
+    # shortcut pressed then is lost, so wait for the server's kernel state as well.
     wait_until(
         lambda: _kernel_connected(page, username),
         f"the kernel of {NOTEBOOK} did not start",
@@ -184,7 +184,7 @@ def _run_first_cell(page: Page, username: str, expected: str) -> str:
     assert page.evaluate(output_has_expected) is None
     prompt = f"document.querySelector({json.dumps(PROMPT)})"
     prompt_busy = f"{prompt}.innerText.includes('*')"
-    # Press again if a run was lost or dropped: the prompt then never shows
+    # Press again if a run was lost or dropped. The prompt then never shows
     # "[*]:", or shows it and ends without the expected output.
     deadline = time.monotonic() + KERNEL_TIMEOUT
 
@@ -211,7 +211,7 @@ def _save_notebook(page: Page) -> None:
 
 
 def _hub_server_stopped(page: Page, username: str) -> bool:
-    """Return whether the hub's API, asked from a hub page, lists no server."""
+    """Return whether the hub's API, requested from a hub page, lists no server."""
     response = fetch(
         page, "GET", f"/hub/api/users/{username}", xsrf_from_cookie=True
     )
@@ -297,8 +297,8 @@ def test_journey_apply_read_terminate(
             assert "伦理审查" in dave.text()
             assert _status(dave) == "approved"
 
-            # A third approval from the applicant: no form, and a forged POST
-            # with a valid XSRF token is refused.
+            # The applicant bob gets no form for a third approval, and his
+            # forged POST with a valid XSRF token is rejected.
             bob.goto(project_url)
             assert _status(bob) == "approved"
             assert bob.evaluate("document.querySelector('#review-form')") is None
@@ -403,15 +403,17 @@ def test_journey_apply_read_terminate(
     audit = AuditLog(Catalog(settings.db_url), load_audit_key(settings.audit_key_path))
     approvals = audit.events(action="project.approve", project=PROJECT)
     assert {event.actor for event in approvals} >= {"carol", "dave"}
-    refused = audit.events(actor="bob", action="project.review", outcome="denied")
-    assert [event.project for event in refused] == [PROJECT]
+    rejected_reviews = audit.events(
+        actor="bob", action="project.review", outcome="denied"
+    )
+    assert [event.project for event in rejected_reviews] == [PROJECT]
     assert audit.events(actor="bob", action="agreement.accept", project=PROJECT)
     reads = audit.events(actor="bob", action="data.read", outcome="success")
     read_scopes = {(event.dataset, event.project) for event in reads}
     assert read_scopes == {(DEMO_DATASET, PROJECT)}
     assert audit.events(actor="grace", action="project.terminate", project=PROJECT)
     assert audit.events(action="access.revoke", project=PROJECT)
-    # The refused open_dataset is the broker's listing of the dataset.
+    # The rejected open_dataset is the broker's listing of the dataset.
     denied = audit.events(actor="bob", outcome="denied", dataset=DEMO_DATASET)
     assert [event.action for event in denied] == ["data.list"]
     assert audit.verify().ok
