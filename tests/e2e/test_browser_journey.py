@@ -17,24 +17,22 @@ starts his server again, and the broker rejects it.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import time
 
-import decord
 import numpy as np
-import pydicom
 import pytest
 from sqlalchemy import select
 
 from enclave.audit import AuditLog, load_audit_key
 from enclave.catalog.db import Catalog
-from enclave.catalog.models import Dataset, MediaType
+from enclave.catalog.models import Dataset
 from enclave.config import Settings
 from enclave.demo import DEMO_DATASET
 from enclave.hub.launch import Running
-from enclave.vault import KeyRing, Vault, open_asset
+from enclave.vault import KeyRing, Vault
 from tests.ethics.cdp import Page, chromium_path, running_chromium
+from tests.e2e.frames import frame_means
 from tests.fixtures.hub import find_server_process
 
 from .browser import (
@@ -88,7 +86,7 @@ SHORTCUT_TIMEOUT = 10.0
 
 
 def _expected_means(settings: Settings) -> list[float]:
-    """Decode the clip straight from the vault, without the broker."""
+    """Return the clip's frame means, decoded from the vault without the broker."""
     catalog = Catalog(settings.db_url)
     vault = Vault(settings.vault_dir, KeyRing.load(settings.master_key_path))
     with catalog.session() as session:
@@ -96,16 +94,9 @@ def _expected_means(settings: Settings) -> list[float]:
             select(Dataset).where(Dataset.name == DEMO_DATASET)
         ).one()
         (item,) = [item for item in dataset.items if item.path == CLIP]
-        data = open_asset(vault, item.asset).readall()
-        if item.asset.media_type == MediaType.VIDEO:
-            reader = decord.VideoReader(io.BytesIO(data))
-            frames = reader.get_batch(list(range(FRAMES))).asnumpy()
-        else:
-            frames = pydicom.dcmread(io.BytesIO(data)).pixel_array[:FRAMES]
-            if frames.ndim == 3:
-                frames = np.stack([frames] * 3, axis=-1)
+        means = frame_means(vault, item.asset, FRAMES)
     catalog.dispose()
-    return frames.mean(axis=(1, 2, 3)).tolist()
+    return means
 
 
 def _notebook() -> dict:

@@ -9,25 +9,23 @@ audit trail, a non-member's refusal and the end of access at termination.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
 from pathlib import Path
 
-import decord
 import numpy as np
-import pydicom
 import pytest
 import requests
 
 from enclave.audit import AuditLog, load_audit_key
 from enclave.catalog.db import Catalog
-from enclave.catalog.models import Dataset, MediaType
+from enclave.catalog.models import Dataset
 from enclave.cli import main as cli_main
 from enclave.config import Settings
 from enclave.demo import DEMO_DATASET, DEMO_PROJECT
-from enclave.vault import KeyRing, Vault, open_asset
+from enclave.vault import KeyRing, Vault
+from tests.e2e.frames import frame_means
 from tests.e2e.notebook_runner import ServerKernel, code_cells
 from tests.fixtures.hub import login, start_server
 
@@ -51,16 +49,7 @@ def _expected_brightness(settings: Settings) -> dict[str, list[float]]:
     with catalog.session() as session:
         dataset = session.query(Dataset).filter_by(name=DEMO_DATASET).one()
         for item in dataset.items:
-            data = open_asset(vault, item.asset).readall()
-            if item.asset.media_type == MediaType.VIDEO:
-                reader = decord.VideoReader(io.BytesIO(data))
-                frames = reader.get_batch(list(range(len(reader)))).asnumpy()
-            else:
-                # pydicom 3 returns YBR pixel data converted to RGB.
-                frames = pydicom.dcmread(io.BytesIO(data)).pixel_array
-                if frames.ndim == 3:
-                    frames = np.stack([frames] * 3, axis=-1)
-            expected[item.path] = frames.mean(axis=(1, 2, 3)).tolist()
+            expected[item.path] = frame_means(vault, item.asset)
     return expected
 
 
