@@ -34,13 +34,11 @@ from enclave.errors import (
     PermissionDenied,
     ValidationError,
 )
-from enclave.policy.logins import ACR_MFA, record_hub_login
-from tests.deid.support import ingest_and_derive
+from tests.deid.support import LOGIN_LIFETIME, ingest_and_derive, login
 
 REQUESTER_GROUP = "reid-requesters"
 APPROVER_GROUP = "reid-approvers"
 IDENTITY = "asset-1-secret-identity"
-LOGIN_LIFETIME = dt.timedelta(hours=8)
 
 
 class Clock:
@@ -54,27 +52,6 @@ class Clock:
 
     def advance(self, **delta: float) -> None:
         self.now += dt.timedelta(**delta)
-
-
-def login(
-    catalog: Catalog,
-    username: str,
-    groups: list[str],
-    *,
-    mfa: bool = True,
-    at: dt.datetime | None = None,
-) -> None:
-    """Record a hub login of ``username``, as the hub does after sign-in."""
-    with catalog.session() as session:
-        record_hub_login(
-            session,
-            username,
-            amr=["pwd", "otp"] if mfa else ["pwd"],
-            acr=ACR_MFA if mfa else "urn:enclave:pwd",
-            groups=groups,
-            lifetime=LOGIN_LIFETIME,
-            now=at,
-        )
 
 
 def events(audit: AuditLog, prefix: str = "reidentification.") -> list[AuditEvent]:
@@ -268,7 +245,7 @@ def test_requester_cannot_reveal_unapproved_own(workflow, pseudonym):
         ("dr-old", "expired", "expired at", "hub login expired"),
     ],
 )
-def test_non_member_cannot_request(  # type: ignore[no-untyped-def]
+def test_request_without_role_rejected(  # type: ignore[no-untyped-def]
     workflow, any_audit_log, pseudonym, clock, username, setup, message, audited_reason
 ):
     if setup == "password-only":

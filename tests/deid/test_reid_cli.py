@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 
@@ -13,22 +12,9 @@ from enclave.catalog.db import Catalog
 from enclave.catalog.models import ReidentificationRequest, utcnow
 from enclave.cli import main
 from enclave.deid.pseudonyms import PseudonymStore
-from enclave.policy.logins import ACR_MFA, record_hub_login
-from tests.deid.support import ingest_and_derive
+from tests.deid.support import ingest_and_derive, login
 
 IDENTITY = "asset-7-secret-identity"
-
-
-def login(catalog: Catalog, username: str, groups: list[str], mfa: bool = True) -> None:
-    with catalog.session() as session:
-        record_hub_login(
-            session,
-            username,
-            amr=["pwd", "otp"] if mfa else ["pwd"],
-            acr=ACR_MFA if mfa else None,
-            groups=groups,
-            lifetime=dt.timedelta(hours=8),
-        )
 
 
 @pytest.fixture
