@@ -225,8 +225,8 @@ class DownloadPolicy:
                     if finding is not None:
                         del attachments[name]
                         removed.append(BlockedFile(f"{where} {name}", _reason(finding)))
-        # The rest of the notebook (sources, metadata) is scanned with the
-        # outputs and attachments already removed.
+        # The whole notebook is scanned again after the removals. This covers
+        # the sources and metadata, and scans the kept outputs a second time.
         finding = self.scanner.scan_json(notebook)
         if finding is not None:
             return BlockedFile(path, _reason(finding))
