@@ -217,7 +217,7 @@ def outside_own_user_namespace(sock: socket.socket, pid: int) -> str | None:
     equal its own. The maps of a process in a child user namespace, such as
     an enclave kernel, list only the ids it mapped. Where Linux offers
     ``SO_PEERPIDFD``, a peer that exited before the check is rejected, so
-    that the maps of another process that reused its pid are not read.
+    that the maps of another process that reused its pid are not trusted.
     """
     if pid <= 0:
         return "the peer's pid is not visible in the collector's pid namespace"
