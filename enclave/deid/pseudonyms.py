@@ -410,7 +410,7 @@ class Reidentification:
         reason: str,
         now: dt.datetime,
     ) -> None:
-        self._check_role(session, requester, self.policy.requester_group, now)
+        self._check_role(session, requester, "requester", now)
         if not reason or not reason.strip():
             raise _Rejection(
                 ValidationError(
@@ -542,7 +542,7 @@ class Reidentification:
             session: Session, request: ReidentificationRequest, now: dt.datetime
         ) -> dict[str, Any]:
             self._check_requester(request, requester, "reveal")
-            self._check_role(session, requester, self.policy.requester_group, now)
+            self._check_role(session, requester, "requester", now)
             self._check_open(request, "revealed", (ReidentificationStatus.APPROVED,))
             request.status = ReidentificationStatus.REVEALED
             request.revealed_at = now
@@ -666,10 +666,13 @@ class Reidentification:
         return request
 
     def _check_role(
-        self, session: Session, username: str, group: str, now: dt.datetime
+        self, session: Session, username: str, role: str, now: dt.datetime
     ) -> None:
-        """Reject unless ``username``'s current hub login used MFA and has ``group``."""
-        role = "approver" if group == self.policy.approver_group else "requester"
+        """Reject unless ``username``'s current hub login used MFA and has the role."""
+        if role == "approver":
+            group = self.policy.approver_group
+        else:
+            group = self.policy.requester_group
         role_text = f"the re-identification {role} role (group {group!r})"
         login = session.get(HubLogin, username)
         if login is None:
@@ -714,7 +717,7 @@ class Reidentification:
                 "a second person with the approver role must decide",
                 "the requester cannot decide their own request",
             )
-        self._check_role(session, approver, self.policy.approver_group, now)
+        self._check_role(session, approver, "approver", now)
         target_status = "approved" if verb == "approve" else "denied"
         self._check_open(request, target_status, (ReidentificationStatus.PENDING,))
 

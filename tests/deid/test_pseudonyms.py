@@ -396,6 +396,18 @@ def test_configured_reveal_window(  # type: ignore[no-untyped-def]
         workflow.reveal(request_id, requester="dr-lee")
 
 
+def test_shared_group_names_each_role(  # type: ignore[no-untyped-def]
+    staff, any_audit_log, store, keyring, clock, pseudonym
+):
+    policy = ReidentificationPolicy(requester_group="reid", approver_group="reid")
+    workflow = Reidentification(
+        staff, any_audit_log, store.root, keyring, policy, clock=clock
+    )
+
+    with pytest.raises(PermissionDenied, match="requester role"):
+        workflow.request(pseudonym, requester="mallory", reason="finding")
+
+
 def test_deny_closes_request(workflow, any_audit_log, pseudonym):
     request = workflow.request(pseudonym, requester="dr-lee", reason="finding")
 
